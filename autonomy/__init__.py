@@ -1,0 +1,77 @@
+"""autonomy: a brokerless actor mesh for Python over ZeroMQ.
+
+General layout (each a private module owning one thing; arrows show what may import what):
+
+    _errors  <-  _protocol  <-  _transport  <-  _worker/_mailbox  <-  _node/_remote/_shipping
+             <-  _discovery  <-  _zone  <-  this module  <-  cli/
+
+Only the names below are public; everything under an underscore may change.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
+from ._errors import AutonomyError as AutonomyError
+from ._errors import ConfigError as ConfigError
+from ._errors import DiscoveryError as DiscoveryError
+from ._errors import InternalError as InternalError
+from ._errors import MessageTooLargeError as MessageTooLargeError
+from ._errors import MessageTypeError as MessageTypeError
+from ._errors import NodeClosedError as NodeClosedError
+from ._errors import NoReplyError as NoReplyError
+from ._errors import PeerUnavailableError as PeerUnavailableError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import ReplyError as ReplyError
+from ._errors import ReplyTimeoutError as ReplyTimeoutError
+from ._errors import SecurityError as SecurityError
+from ._errors import WorkerError as WorkerError
+from ._errors import WorkerExistsError as WorkerExistsError
+from ._errors import WorkerNotFoundError as WorkerNotFoundError
+from ._errors import WorkerStartError as WorkerStartError
+from ._errors import WorkerStoppedError as WorkerStoppedError
+from ._node import Node as Node
+from ._remote import RemoteNode as RemoteNode
+from ._worker import Context as Context
+from ._worker import Worker as Worker
+
+try:
+    __version__ = version("autonomy")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DEFAULT_TIMEOUT_MS",
+    "AutonomyError",
+    "ConfigError",
+    "Context",
+    "DiscoveryError",
+    "InternalError",
+    "MessageTooLargeError",
+    "MessageTypeError",
+    "NoReplyError",
+    "Node",
+    "NodeClosedError",
+    "PeerUnavailableError",
+    "ProtocolError",
+    "RemoteNode",
+    "ReplyError",
+    "ReplyTimeoutError",
+    "SecurityError",
+    "Worker",
+    "WorkerError",
+    "WorkerExistsError",
+    "WorkerNotFoundError",
+    "WorkerStartError",
+    "WorkerStoppedError",
+]
+
+logging.getLogger("autonomy").addHandler(logging.NullHandler())
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, int):
+        _obj.__module__ = "autonomy"
+del _name, _obj

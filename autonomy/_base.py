@@ -1,0 +1,152 @@
+"""The public node interface shared by `Node` and `RemoteNode`: validation and timeouts.
+
+Every public method validates its arguments here, before any I/O, then hands over to one
+``_do_*`` method that a local node implements with its mailboxes and a remote node with
+frames on the wire. So a local and a remote worker behave the same to the caller, errors
+included (STYLE.md, "local and remote nodes share one interface").
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Final
+
+from ._errors import MessageTypeError
+from ._protocol import check_message, check_name
+from ._worker import Worker
+
+__all__ = ["DEFAULT_TIMEOUT_MS", "NodeInterface", "timeout_seconds"]
+
+DEFAULT_TIMEOUT_MS: Final = 30_000
+"""Every waiting call has this finite default: nothing waits forever."""
+
+
+def timeout_seconds(timeout: object, what: str = "timeout") -> float:
+    """Convert a public timeout in milliseconds to seconds, validating it.
+
+    Raises:
+        MessageTypeError: it is not a number.
+        ValueError: it is not a positive, finite number.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise MessageTypeError(f"{what} must be a number of milliseconds, got {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"{what} must be a positive number of milliseconds, got {timeout!r}")
+    return timeout / 1000.0
+
+
+def check_worker(worker: object) -> Worker:
+    """Check that ``worker`` has an ``async def handle_message(self, context, message)``.
+
+    Raises:
+        MessageTypeError: it has no such method.
+    """
+    handler = getattr(worker, "handle_message", None)
+    if handler is None or not callable(handler):
+        raise MessageTypeError(
+            f"a worker needs an async handle_message(context, message) method; "
+            f"{type(worker).__name__} has none"
+        )
+    return worker  # type: ignore[return-value]
+
+
+class NodeInterface(ABC):
+    """The methods every node offers, local or remote (the user guide's API)."""
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The node's name, unique in its zone."""
+
+    @property
+    @abstractmethod
+    def max_frame_bytes(self) -> int:
+        """The largest frame this node sends or accepts."""
+
+    async def start_worker(self, name: str, worker: Worker) -> None:
+        """Start ``worker`` under ``name`` on this node.
+
+        On a remote node the worker object is shipped by value (cloudpickle), so classes
+        defined in your ``__main__`` work there too.
+
+        Raises:
+            WorkerExistsError: a worker of that name already runs on the node.
+            WorkerStartError: (remote) the worker could not be unpickled or started there.
+            MessageTypeError: ``worker`` has no ``handle_message`` method.
+        """
+        check_name(name)
+        await self._do_start_worker(name, check_worker(worker))
+
+    async def stop_worker(self, name: str) -> None:
+        """Stop the worker: the message in hand finishes, queued requests fail with
+        :class:`WorkerStoppedError`.
+
+        Raises:
+            WorkerNotFoundError: no worker of that name runs on the node.
+        """
+        check_name(name)
+        await self._do_stop_worker(name)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """The node's workers: a dict each with ``name``, ``queued``, ``handled``, ``failed``."""
+        return await self._do_list_workers()
+
+    async def send_message(
+        self, name: str, message: str, timeout: float = DEFAULT_TIMEOUT_MS
+    ) -> None:
+        """Send ``message`` to worker ``name`` without waiting for it to be handled.
+
+        Delivery is at most once: a message already on the wire when its peer node dies is
+        lost. ``timeout`` (ms) bounds only the wait for room when the worker's mailbox is full.
+
+        Raises:
+            MessageTypeError: ``message`` is not a ``str``.
+            WorkerNotFoundError: no such worker (remotely: on the first message to it, or on
+                the next one after it was stopped).
+            ReplyTimeoutError: the worker's mailbox stayed full for ``timeout`` ms.
+        """
+        check_name(name)
+        check_message(message, self.max_frame_bytes)
+        await self._do_send(name, message, timeout_seconds(timeout))
+
+    async def send_and_receive(
+        self, name: str, message: str, timeout: float = DEFAULT_TIMEOUT_MS
+    ) -> str:
+        """Send ``message`` to worker ``name`` and return its reply.
+
+        Args:
+            name: the worker's name on this node.
+            message: a ``str`` (use ``json.dumps`` for structured data).
+            timeout: milliseconds to wait for the reply.
+
+        Raises:
+            MessageTypeError: ``message`` is not a ``str``.
+            MessageTooLargeError: ``message`` does not fit in a frame.
+            WorkerNotFoundError: no such worker on the node.
+            WorkerError: the worker's handler raised (its type and message are attached).
+            NoReplyError: the handler returned without replying.
+            WorkerStoppedError: the worker was stopped with this message queued.
+            PeerUnavailableError: (remote) the node died, left or cannot be reached.
+            ReplyTimeoutError: no reply within ``timeout`` (an ``asyncio.TimeoutError``).
+        """
+        check_name(name)
+        check_message(message, self.max_frame_bytes)
+        return await self._do_request(name, message, timeout_seconds(timeout))
+
+    @abstractmethod
+    async def _do_start_worker(self, name: str, worker: Worker) -> None: ...
+
+    @abstractmethod
+    async def _do_stop_worker(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def _do_list_workers(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _do_send(self, name: str, message: str, timeout_s: float) -> None: ...
+
+    @abstractmethod
+    async def _do_request(self, name: str, message: str, timeout_s: float) -> str: ...

@@ -1,0 +1,333 @@
+"""Wire format: frames <-> bytes, the protocol version, size limits and error codes.
+
+No sockets and no event loop here: every function is a pure function of bytes, tested with
+bytes. A frame is one ZeroMQ message holding a msgpack array ``[version, kind, *fields]``.
+Arrays rather than maps keep the envelope small and cheap to build (DESIGN.md, performance).
+
+Frames (``rid`` is the sender's request id, an unsigned int):
+
+=========  =====================================================  ===================
+kind       fields after ``[version, kind]``                       answered by
+=========  =====================================================  ===================
+HELLO      rid, name, zone, endpoint, instance                     RESULT (same shape)
+SEND       worker, message, rid (0: unconfirmed)                   CREDIT in batches;
+                                                                  RESULT if rid > 0
+REQUEST    rid, worker, message, timeout_ms                        REPLY or ERROR
+REPLY      rid, message                                            -
+ERROR      rid, code, message, fields                              -
+START      rid, worker, payload (bytes)                            RESULT None / ERROR
+STOP       rid, worker                                             RESULT None / ERROR
+LIST       rid                                                     RESULT [{...}, ...]
+RESULT     rid, value                                              -
+CREDIT     worker, count                                           -
+BYE        reason                                                  -
+PING       rid                                                     RESULT None
+=========  =====================================================  ===================
+
+Failures travel as ERROR frames ``(code, message, fields)``; :func:`error_from_wire` maps a
+code back to one of our exception classes, so a peer can never make us build arbitrary types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgpack
+
+from ._errors import (
+    AutonomyError,
+    InternalError,
+    MessageTooLargeError,
+    MessageTypeError,
+    NodeClosedError,
+    NoReplyError,
+    ProtocolError,
+    SecurityError,
+    WorkerError,
+    WorkerExistsError,
+    WorkerNotFoundError,
+    WorkerStartError,
+    WorkerStoppedError,
+)
+
+VERSION: Final = 1
+"""Protocol version: the first element of every frame. A frame of another version is refused."""
+
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+"""Default limit of one frame on the wire; a node may be configured with another."""
+
+ENVELOPE_OVERHEAD: Final = 1024
+"""Room kept for the envelope around a message of at most ``limit - ENVELOPE_OVERHEAD`` bytes."""
+
+# Frame kinds.
+HELLO: Final = 1
+SEND: Final = 2
+REQUEST: Final = 3
+REPLY: Final = 4
+ERROR: Final = 5
+START: Final = 6
+STOP: Final = 7
+LIST: Final = 8
+RESULT: Final = 9
+CREDIT: Final = 10
+BYE: Final = 11
+PING: Final = 12
+
+KIND_NAMES: Final = {
+    HELLO: "HELLO",
+    SEND: "SEND",
+    REQUEST: "REQUEST",
+    REPLY: "REPLY",
+    ERROR: "ERROR",
+    START: "START",
+    STOP: "STOP",
+    LIST: "LIST",
+    RESULT: "RESULT",
+    CREDIT: "CREDIT",
+    BYE: "BYE",
+    PING: "PING",
+}
+
+_ANY = object  # a field of any msgpack type (checked by the layer that uses it)
+
+# The type of each field after [version, kind]. `int` fields reject bool (see _check).
+_SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
+    HELLO: (int, str, str, str, str),
+    SEND: (str, str, int),
+    REQUEST: (int, str, str, int),
+    REPLY: (int, str),
+    ERROR: (int, int, str, dict),
+    START: (int, str, bytes),
+    STOP: (int, str),
+    LIST: (int,),
+    RESULT: (int, _ANY),
+    CREDIT: (str, int),
+    BYE: (str,),
+    PING: (int,),
+}
+
+_packb = msgpack.packb
+
+
+def encode(*frame: Any) -> bytes:
+    """Encode ``kind, *fields`` as one frame of the current version."""
+    return _packb((VERSION, *frame))  # type: ignore[no-any-return]
+
+
+def encode_send(worker: str, message: str, rid: int = 0) -> bytes:
+    return _packb((VERSION, SEND, worker, message, rid))  # type: ignore[no-any-return]
+
+
+def encode_request(rid: int, worker: str, message: str, timeout_ms: int) -> bytes:
+    return _packb((VERSION, REQUEST, rid, worker, message, timeout_ms))  # type: ignore[no-any-return]
+
+
+def encode_reply(rid: int, message: str) -> bytes:
+    return _packb((VERSION, REPLY, rid, message))  # type: ignore[no-any-return]
+
+
+def encode_result(rid: int, value: Any) -> bytes:
+    return _packb((VERSION, RESULT, rid, value))  # type: ignore[no-any-return]
+
+
+def encode_error(rid: int, exc: BaseException) -> bytes:
+    code, message, fields = error_to_wire(exc)
+    return _packb((VERSION, ERROR, rid, code, message, fields))  # type: ignore[no-any-return]
+
+
+def decode(data: bytes, limit: int = MAX_FRAME_BYTES) -> list[Any]:
+    """Decode and validate one frame; returns ``[version, kind, *fields]``.
+
+    Raises:
+        ProtocolError: the bytes are over ``limit``, not msgpack, not a frame of this
+            version, of an unknown kind, or with fields of the wrong number or type.
+    """
+    if len(data) > limit:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {limit} bytes")
+    try:
+        frame = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
+    if type(frame) is not list or len(frame) < 2:
+        raise ProtocolError("frame is not an array of [version, kind, ...]")
+    version = frame[0]
+    if version != VERSION or type(version) is not int:
+        raise ProtocolError(f"frame has protocol version {version!r}, this node speaks {VERSION}")
+    schema = _SCHEMAS.get(frame[1]) if type(frame[1]) is int else None
+    if schema is None:
+        raise ProtocolError(f"frame has unknown kind {frame[1]!r}")
+    if len(frame) != len(schema) + 2:
+        raise ProtocolError(
+            f"{KIND_NAMES[frame[1]]} frame has {len(frame) - 2} fields, expected {len(schema)}"
+        )
+    for position, expected in enumerate(schema, 2):
+        value: Any = frame[position]
+        if expected is _ANY:
+            continue
+        if type(value) is not expected:
+            raise ProtocolError(
+                f"{KIND_NAMES[frame[1]]} frame field {position - 2} is "
+                f"{type(value).__name__}, expected {expected.__name__}"
+            )
+        if expected is int and frame[position] < 0:
+            raise ProtocolError(f"{KIND_NAMES[frame[1]]} frame field {position - 2} is negative")
+    return frame
+
+
+def request_id_of(data: bytes) -> int | None:
+    """Best effort: the request id of a frame that failed to decode, so it can be answered."""
+    try:
+        frame = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return None
+    if type(frame) is not list or len(frame) < 3:
+        return None
+    position = 4 if frame[1] == SEND else 2
+    if frame[1] in (HELLO, SEND, REQUEST, START, STOP, LIST, PING) and len(frame) > position:
+        rid = frame[position]
+        if type(rid) is int and rid > 0:
+            return rid
+    return None
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def check_message(message: object, limit: int, what: str = "message") -> None:
+    """Validate a user message or reply before anything is queued or sent.
+
+    Raises:
+        MessageTypeError: it is not a ``str``.
+        MessageTooLargeError: its UTF-8 encoding would not fit in a frame of ``limit`` bytes.
+    """
+    if type(message) is not str and not isinstance(message, str):
+        raise MessageTypeError(f"{what} must be str, got {type(message).__name__}")
+    room = limit - ENVELOPE_OVERHEAD
+    # A str of n characters takes at most 4n bytes in UTF-8: encode only when it might not fit.
+    if len(message) * 4 > room:
+        size = len(message.encode("utf-8", "surrogatepass"))
+        if size > room:
+            raise MessageTooLargeError(size, room)
+
+
+def check_name(name: object, what: str = "worker name") -> str:
+    """Validate a worker or node name: a non-empty str of at most 255 printable characters.
+
+    Raises:
+        MessageTypeError: it is not a ``str``.
+        ValueError: it is empty, too long, or holds control characters.
+    """
+    if not isinstance(name, str):
+        raise MessageTypeError(f"{what} must be str, got {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if len(name) > 255:
+        raise ValueError(f"{what} is {len(name)} characters long, the limit is 255")
+    if not name.isprintable():
+        raise ValueError(f"{what} {name!r} contains control characters")
+    return name
+
+
+# -- errors on the wire ---------------------------------------------------------------------
+
+E_WORKER_NOT_FOUND: Final = 1
+E_WORKER_EXISTS: Final = 2
+E_WORKER_ERROR: Final = 3
+E_MESSAGE_TOO_LARGE: Final = 4
+E_WORKER_STOPPED: Final = 5
+E_PROTOCOL: Final = 6
+E_NO_REPLY: Final = 7
+E_WORKER_START: Final = 8
+E_NODE_CLOSED: Final = 9
+E_MESSAGE_TYPE: Final = 10
+E_SECURITY: Final = 11
+E_INTERNAL: Final = 99
+
+
+def error_to_wire(exc: BaseException) -> tuple[int, str, dict[str, Any]]:
+    """Describe one of our exceptions as ``(code, message, fields)`` for an ERROR frame."""
+    message = str(exc)
+    match exc:
+        case WorkerNotFoundError(worker=worker, node=node):
+            return E_WORKER_NOT_FOUND, message, {"worker": worker, "node": node}
+        case WorkerExistsError(worker=worker, node=node):
+            return E_WORKER_EXISTS, message, {"worker": worker, "node": node}
+        case WorkerError():
+            return (
+                E_WORKER_ERROR,
+                message,
+                {
+                    "worker": exc.worker,
+                    "node": exc.node,
+                    "type": exc.remote_type,
+                    "message": exc.remote_message,
+                    "traceback": exc.remote_traceback,
+                },
+            )
+        case MessageTooLargeError(size=size, limit=limit):
+            return E_MESSAGE_TOO_LARGE, message, {"size": size, "limit": limit}
+        case WorkerStoppedError(worker=worker, node=node):
+            return E_WORKER_STOPPED, message, {"worker": worker, "node": node}
+        case NoReplyError(worker=worker, node=node):
+            return E_NO_REPLY, message, {"worker": worker, "node": node}
+        case WorkerStartError(worker=worker, node=node, reason=reason):
+            return E_WORKER_START, message, {"worker": worker, "node": node, "reason": reason}
+        case ProtocolError():
+            return E_PROTOCOL, message, {}
+        case NodeClosedError():
+            return E_NODE_CLOSED, message, {}
+        case MessageTypeError():
+            return E_MESSAGE_TYPE, message, {}
+        case SecurityError():
+            return E_SECURITY, message, {}
+        case _:
+            return E_INTERNAL, f"{type(exc).__name__}: {message}", {}
+
+
+def _str(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key, "")
+    return value if isinstance(value, str) else repr(value)
+
+
+def _int(fields: dict[str, Any], key: str) -> int:
+    value = fields.get(key, 0)
+    return value if type(value) is int else 0
+
+
+def error_from_wire(code: int, message: str, fields: dict[str, Any]) -> AutonomyError:
+    """Rebuild the exception an ERROR frame describes; unknown codes give a generic error."""
+    match code:
+        case 1:
+            return WorkerNotFoundError(_str(fields, "worker"), _str(fields, "node"))
+        case 2:
+            return WorkerExistsError(_str(fields, "worker"), _str(fields, "node"))
+        case 3:
+            return WorkerError(
+                _str(fields, "worker"),
+                _str(fields, "node"),
+                _str(fields, "type"),
+                _str(fields, "message"),
+                _str(fields, "traceback"),
+            )
+        case 4:
+            return MessageTooLargeError(_int(fields, "size"), _int(fields, "limit"))
+        case 5:
+            return WorkerStoppedError(_str(fields, "worker"), _str(fields, "node"))
+        case 6:
+            return ProtocolError(message)
+        case 7:
+            return NoReplyError(_str(fields, "worker"), _str(fields, "node"))
+        case 8:
+            return WorkerStartError(
+                _str(fields, "worker"), _str(fields, "node"), _str(fields, "reason")
+            )
+        case 9:
+            return NodeClosedError(message)
+        case 10:
+            return MessageTypeError(message)
+        case 11:
+            return SecurityError(message)
+        case 99:
+            return InternalError(message)
+        case _:
+            return AutonomyError(f"peer reported error code {code}: {message}")
