@@ -29,12 +29,15 @@ if TYPE_CHECKING:
     from ._node import Node
     from ._worker import Worker
 
-__all__ = ["MAILBOX_SIZE", "Mailbox"]
+__all__ = ["CREDIT_BATCH", "MAILBOX_SIZE", "Mailbox"]
 
 log = logging.getLogger("autonomy.worker")
 
 MAILBOX_SIZE: Final = 1000
 """Messages a worker may have queued from local senders before they wait for room."""
+
+CREDIT_BATCH: Final = 100
+"""A receiver returns credit for one-way messages in batches of this many."""
 
 
 class Mailbox:
@@ -51,6 +54,7 @@ class Mailbox:
         "maxsize",
         "name",
         "owner",
+        "remote",
         "worker",
     )
 
@@ -63,6 +67,8 @@ class Mailbox:
         """Messages whose handler has returned or raised."""
         self.failed = 0
         """Messages whose handler raised."""
+        self.remote: dict[bytes, list[int]] = {}
+        """Per remote sender: [one-way messages queued or in hand, handled but not credited]."""
         self._queue: deque[tuple[str, Any]] = deque()
         self._idle: asyncio.Future[None] | None = None
         self._space: deque[asyncio.Future[None]] = deque()
@@ -180,7 +186,25 @@ class Mailbox:
             context._state = _CLOSED
             self.handled += 1
             if kind is bytes:
-                owner._handled_remote_send(target, self.name)
+                self._credit(target)
+
+    def _credit(self, ident: bytes) -> None:
+        """A one-way message from ``ident`` was handled: return credit to its sender in
+        batches, and all of it whenever the queue runs dry (so that no sender's window can
+        stall, whatever its size)."""
+        entry = self.remote.get(ident)
+        if entry is None:
+            return
+        entry[0] -= 1
+        entry[1] += 1
+        if entry[1] >= CREDIT_BATCH:
+            self.owner._send_credit(ident, self.name, entry[1])
+            entry[1] = 0
+        if not self._queue:
+            for sender, counts in self.remote.items():
+                if counts[1]:
+                    self.owner._send_credit(sender, self.name, counts[1])
+                    counts[1] = 0
 
     def _fail(self, target: Any, exc: Exception) -> None:
         """Tell whoever waits on ``target`` that its message failed with ``exc``."""

@@ -79,9 +79,6 @@ SEND_WINDOW: Final = 1000
 """One-way messages a sender may have in flight to one remote worker before it waits for
 credit: the remote end of the mailbox bound (backpressure across the wire)."""
 
-CREDIT_BATCH: Final = 100
-"""A receiver returns credit for one-way messages in batches of this many."""
-
 CONTROL_TIMEOUT_MS: Final = 15_000
 """Default timeout of start_worker / stop_worker / list_workers on a remote node."""
 
@@ -215,7 +212,6 @@ class Node(NodeInterface):
         self._workers: dict[str, Mailbox] = {}
         self._peers: dict[str, _Peer] = {}
         self._dialers: dict[bytes, tuple[str, str]] = {}
-        self._inbound: dict[tuple[bytes, str], list[int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bad_frames: dict[bytes, int] = {}
         self._rid = 0
@@ -410,8 +406,6 @@ class Node(NodeInterface):
         if mailbox is None:
             raise WorkerNotFoundError(name, self._name)
         await mailbox.stop(STOP_GRACE_S)
-        for key in [key for key in self._inbound if key[1] == name]:
-            del self._inbound[key]
         log.debug("worker %r stopped on node %r", name, self._name)
 
     async def _do_list_workers(self) -> list[dict[str, Any]]:
@@ -790,10 +784,9 @@ class Node(NodeInterface):
         mailbox = self._workers.get(worker)
         if mailbox is None:
             raise WorkerNotFoundError(worker, self._name)
-        key = (ident, worker)
-        entry = self._inbound.get(key)
+        entry = mailbox.remote.get(ident)
         if entry is None:
-            entry = self._inbound[key] = [0, 0]
+            entry = mailbox.remote[ident] = [0, 0]
         if entry[0] >= 2 * SEND_WINDOW:
             # The sender ignored its credit window: refuse rather than queue without bound.
             raise ProtocolError(f"sender exceeded its credit window for worker {worker!r}")
@@ -802,16 +795,8 @@ class Node(NodeInterface):
         if rid:
             self._send_to_dialer(ident, encode_result(rid, None))
 
-    def _handled_remote_send(self, ident: bytes, worker: str) -> None:
-        """A one-way message from ``ident`` was handled: return credit in batches."""
-        entry = self._inbound.get((ident, worker))
-        if entry is None:
-            return
-        entry[0] -= 1
-        entry[1] += 1
-        if entry[1] >= CREDIT_BATCH:
-            self._send_to_dialer(ident, encode(CREDIT, worker, entry[1]))
-            entry[1] = 0
+    def _send_credit(self, ident: bytes, worker: str, count: int) -> None:
+        self._send_to_dialer(ident, encode(CREDIT, worker, count))
 
     def _nack_remote_sends(
         self, ident: bytes, worker: str, count: int, error: AutonomyError
@@ -839,8 +824,8 @@ class Node(NodeInterface):
 
     def _on_dialer_bye(self, ident: bytes) -> None:
         known = self._dialers.pop(ident, None)
-        for key in [key for key in self._inbound if key[0] == ident]:
-            del self._inbound[key]
+        for mailbox in self._workers.values():
+            mailbox.remote.pop(ident, None)
         if known is None:
             return
         _name, endpoint = known

@@ -1,0 +1,229 @@
+"""Fixtures: real nodes on 127.0.0.1, runner processes, leak checks.
+
+Every node binds 127.0.0.1 on a free port and gets a unique zone, so tests never see each
+other. Runner processes run in their own session and are killed (whole process group) in
+teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cloudpickle
+import pytest
+
+from autonomy import Node, RemoteNode
+
+from . import workers
+
+# Ship the test workers by value: runners start in a directory where tests/ is not importable.
+cloudpickle.register_pickle_by_value(workers)
+
+T = TypeVar("T")
+RUNNER = Path(__file__).with_name("_runner.py")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
+    """Await with a deadline (every network await in a test has one)."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` (sync or async) until true, failing with ``what`` after ``timeout``
+    seconds. Only for state that has no signal to await (a remote worker's queue length)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class Runner:
+    """A runner node in a child process."""
+
+    name: str
+    zone: str
+    endpoint: str
+    pid: int
+    process: asyncio.subprocess.Process
+    log: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """SIGKILL the runner's whole process group (no goodbye)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+async def spawn_runner(
+    zone: str, name: str, cwd: Path, bind: str = "127.0.0.1", env: dict[str, str] | None = None
+) -> Runner:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(RUNNER),
+        "--name",
+        name,
+        "--zone",
+        zone,
+        "--bind",
+        bind,
+        cwd=str(cwd),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": "", **(env or {})},
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            while True:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"runner {name} exited with {await process.wait()}")
+                if line.startswith("{"):
+                    info = json.loads(line)
+                    break
+    except BaseException:
+        with_suppressed_kill(process)
+        raise
+    return Runner(name, zone, info["endpoint"], info["pid"], process)
+
+
+def with_suppressed_kill(process: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def reap(runner: Runner) -> None:
+    runner.kill()
+    try:
+        async with asyncio.timeout(10):
+            await runner.process.wait()
+    except TimeoutError:
+        pass
+    if runner.process.stdin is not None:
+        runner.process.stdin.close()
+
+
+@pytest.fixture
+def zone() -> str:
+    return unique("zone")
+
+
+@pytest.fixture
+async def node(zone: str) -> AsyncIterator[Node]:
+    async with Node(name=unique("main"), zone=zone, bind="127.0.0.1") as started:
+        yield started
+
+
+@pytest.fixture
+async def node_factory(zone: str) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    """Start extra nodes of the test's zone; all are stopped at teardown."""
+    started: list[Node] = []
+
+    async def make(name: str | None = None, **options: Any) -> Node:
+        options.setdefault("zone", zone)
+        options.setdefault("bind", "127.0.0.1")
+        new = Node(name=name or unique("node"), **options)
+        await new.__aenter__()
+        started.append(new)
+        return new
+
+    try:
+        yield make
+    finally:
+        for each in reversed(started):
+            await each.stop()
+
+
+@pytest.fixture
+async def runner_factory(
+    zone: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Runner]]]:
+    """Start runner nodes in child processes; all are killed at teardown."""
+    started: list[Runner] = []
+
+    async def make(name: str | None = None, **options: Any) -> Runner:
+        runner = await spawn_runner(options.pop("zone", zone), name or unique("runner"),
+                                    tmp_path, **options)
+        started.append(runner)
+        return runner
+
+    try:
+        yield make
+    finally:
+        for runner in started:
+            await reap(runner)
+
+
+@pytest.fixture
+async def runner(runner_factory: Callable[..., Awaitable[Runner]]) -> Runner:
+    return await runner_factory()
+
+
+@pytest.fixture(params=["local", "remote"])
+async def target(
+    request: pytest.FixtureRequest, node: Node, runner_factory: Callable[..., Awaitable[Runner]]
+) -> Node | RemoteNode:
+    """The node under test: the local node itself, or a runner in another process seen
+    through the local node (STYLE.md §7.8: one suite, both kinds)."""
+    if request.param == "local":
+        return node
+    started = await runner_factory()
+    return await node.connect(started.endpoint, timeout=10_000)
+
+
+@pytest.fixture(autouse=True)
+async def no_leaks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks or threads behind."""
+    threads_before = set(threading.enumerate())
+    current = asyncio.current_task()
+    tasks_before = asyncio.all_tasks() - {current}
+    yield
+    finalizer = asyncio.current_task()  # teardown runs in a task of its own
+    leftover = [
+        task
+        for task in asyncio.all_tasks() - {current, finalizer} - tasks_before
+        if not task.done()
+    ]
+    assert not leftover, f"tasks left behind: {leftover}"
+    await eventually(
+        lambda: not set(threading.enumerate()) - threads_before,
+        what=f"threads to end: {set(threading.enumerate()) - threads_before}",
+    )
