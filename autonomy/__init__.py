@@ -36,6 +36,7 @@ from ._node import Node as Node
 from ._remote import RemoteNode as RemoteNode
 from ._worker import Context as Context
 from ._worker import Worker as Worker
+from ._zone import Zone as Zone
 
 try:
     __version__ = version("autonomy")
@@ -66,6 +67,7 @@ __all__ = [
     "WorkerNotFoundError",
     "WorkerStartError",
     "WorkerStoppedError",
+    "Zone",
 ]
 
 logging.getLogger("autonomy").addHandler(logging.NullHandler())

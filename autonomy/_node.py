@@ -20,7 +20,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._base import NodeInterface, check_worker
 from ._errors import (
@@ -42,6 +42,7 @@ from ._protocol import (
     HELLO,
     LIST,
     MAX_FRAME_BYTES,
+    MEMBERS,
     PING,
     REPLY,
     REQUEST,
@@ -62,6 +63,9 @@ from ._remote import RemoteNode
 from ._shipping import loads_worker, node_reference
 from ._transport import DealerSocket, PeerEvent, Transport
 from ._worker import Worker
+
+if TYPE_CHECKING:
+    from ._zone import ZoneAgent
 
 __all__ = ["Node", "NodeState"]
 
@@ -178,6 +182,11 @@ class Node(NodeInterface):
         allow_shipping: accept workers shipped as code (cloudpickle) by members of the zone.
         allowed_workers: if given, accept only shipped workers whose classes (and anything
             else in their state that pickle imports) are named here as ``module.qualname``.
+        discovery: advertise and browse the zone over mDNS, on the interface the node is
+            bound to; default on unless ``AUTONOMY_DISCOVERY=0``.
+        peers: seed peers (``HOST:PORT`` each) for networks without multicast; default
+            ``AUTONOMY_PEERS`` (comma-separated). Nodes exchange whom they know, so one
+            seed is enough.
     """
 
     def __init__(
@@ -190,6 +199,8 @@ class Node(NodeInterface):
         mailbox_size: int = MAILBOX_SIZE,
         allow_shipping: bool = True,
         allowed_workers: list[str] | None = None,
+        discovery: bool | None = None,
+        peers: list[str] | str | None = None,
     ) -> None:
         self._name = check_name(
             name or os.environ.get("AUTONOMY_NODE_NAME") or _default_name(), "node name"
@@ -215,6 +226,9 @@ class Node(NodeInterface):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bad_frames: dict[bytes, int] = {}
         self._rid = 0
+        self._discovery_option = discovery
+        self._peers_option = peers
+        self._zone_agent: ZoneAgent | None = None
         self._transport: Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -272,6 +286,19 @@ class Node(NodeInterface):
             raise
         self._transport = transport
         self._state = NodeState.RUNNING
+        # The zone layer sits above the node (it imports zeroconf): imported here, once.
+        from ._zone import ZoneAgent, discovery_enabled, seed_endpoints
+
+        try:
+            self._zone_agent = ZoneAgent(
+                self,
+                discovery=discovery_enabled(self._discovery_option),
+                seeds=seed_endpoints(self._peers_option),
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        self._zone_agent.start()
         log.info("node %r of zone %r listening at %s", self._name, self.zone, self.endpoint)
 
     async def stop(self) -> None:
@@ -286,6 +313,8 @@ class Node(NodeInterface):
             return
         self._state = NodeState.STOPPING
         try:
+            if self._zone_agent is not None:
+                await self._zone_agent.stop()
             mailboxes = list(self._workers.values())
             self._workers.clear()
             await asyncio.gather(*(mailbox.stop(STOP_GRACE_S) for mailbox in mailboxes))
@@ -306,6 +335,7 @@ class Node(NodeInterface):
                 await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
             transport.close()
         finally:
+            self._zone_agent = None
             self._state = NodeState.STOPPED
             assert self._stopped is not None
             self._stopped.set()
@@ -488,6 +518,22 @@ class Node(NodeInterface):
         assert peer.remote is not None
         return peer.remote
 
+    def peers(self) -> list[RemoteNode]:
+        """The other nodes of the zone this node has reached and holds as members."""
+        agent = self._zone_agent
+        if agent is None:
+            return []
+        return [self._remote_for(m.endpoint, m.name) for m in agent.members.members()]
+
+    def _forget_peer(self, endpoint: str) -> None:
+        """Close the connection to a node that left the zone for good."""
+        peer = self._peers.pop(endpoint, None)
+        if peer is None:
+            return
+        self._peer_lost(peer, "closed", PeerUnavailableError(peer.label, "left the zone"))
+        if peer.dealer is not None and self._transport is not None:
+            self._transport.forget(peer.dealer)
+
     def _remote_for(self, endpoint: str, name: str) -> RemoteNode:
         """A `RemoteNode` for a peer known by reference (its connection is dialed now)."""
         self._check_running()
@@ -622,6 +668,8 @@ class Node(NodeInterface):
             for waiter in peer.up_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if self._zone_agent is not None:
+                self._zone_agent.peer_changed(peer)
             if was not in ("connecting", "up"):
                 log.info("peer %s is back", peer.label)
                 # A restarted peer does not know us yet: introduce ourselves again.
@@ -638,6 +686,8 @@ class Node(NodeInterface):
             log.warning("peer %s: %s", peer.label, reason)
         self._peer_lost(peer, state, PeerUnavailableError(peer.label, reason))
         peer.reason = reason
+        if self._zone_agent is not None:
+            self._zone_agent.peer_changed(peer)
 
     def _peer_lost(self, peer: _Peer, state: str, error: AutonomyError) -> None:
         """Fail everything waiting on ``peer``: it is down, refused us, left, or we stop."""
@@ -689,6 +739,8 @@ class Node(NodeInterface):
         elif kind == BYE:
             log.info("peer %s left: %s", peer.label, frame[2])
             self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
+            if self._zone_agent is not None:
+                self._zone_agent.peer_changed(peer)
         else:
             log.warning("unexpected frame kind %d from peer %s", kind, peer.label)
 
@@ -750,6 +802,13 @@ class Node(NodeInterface):
                 self._send_to_dialer(ident, encode_result(frame[2], self._worker_list()))
             elif kind == PING:
                 self._send_to_dialer(ident, encode_result(frame[2], None))
+            elif kind == MEMBERS:
+                known = (
+                    self._zone_agent.member_list()
+                    if self._zone_agent is not None
+                    else [[self._name, self.endpoint, self.instance]]
+                )
+                self._send_to_dialer(ident, encode_result(frame[2], known))
             elif kind == BYE:
                 self._on_dialer_bye(ident)
             else:
@@ -811,7 +870,7 @@ class Node(NodeInterface):
         self._send_to_dialer(ident, encode_error(0, error))
 
     def _on_hello(self, ident: bytes, frame: list[Any]) -> None:
-        _, _, rid, name, zone, endpoint, _instance = frame
+        _, _, rid, name, zone, endpoint, instance = frame
         if zone != self.zone:
             raise SecurityError(f"node {name!r} of zone {zone!r} refused by zone {self.zone!r}")
         known = self._dialers.get(ident)
@@ -821,6 +880,8 @@ class Node(NodeInterface):
         self._send_to_dialer(
             ident, encode_result(rid, [self._name, self.zone, self.endpoint, self.instance])
         )
+        if self._zone_agent is not None and endpoint:
+            self._zone_agent.heard_of(name, endpoint, instance, "hello")
 
     def _on_dialer_bye(self, ident: bytes) -> None:
         known = self._dialers.pop(ident, None)
@@ -833,6 +894,8 @@ class Node(NodeInterface):
         if peer is not None and peer.state not in ("gone", "closed"):
             log.info("peer %s left", peer.label)
             self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
+            if self._zone_agent is not None:
+                self._zone_agent.peer_changed(peer)
 
     def _on_start(self, ident: bytes, rid: int, name: str, payload: bytes) -> None:
         check_name(name)

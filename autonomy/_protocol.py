@@ -22,6 +22,8 @@ RESULT     rid, value                                              -
 CREDIT     worker, count                                           -
 BYE        reason                                                  -
 PING       rid                                                     RESULT None
+MEMBERS    rid                                                     RESULT [[name,
+                                                                  endpoint, instance]...]
 =========  =====================================================  ===================
 
 Failures travel as ERROR frames ``(code, message, fields)``; :func:`error_from_wire` maps a
@@ -72,6 +74,7 @@ RESULT: Final = 9
 CREDIT: Final = 10
 BYE: Final = 11
 PING: Final = 12
+MEMBERS: Final = 13
 
 KIND_NAMES: Final = {
     HELLO: "HELLO",
@@ -86,6 +89,7 @@ KIND_NAMES: Final = {
     CREDIT: "CREDIT",
     BYE: "BYE",
     PING: "PING",
+    MEMBERS: "MEMBERS",
 }
 
 _ANY = object  # a field of any msgpack type (checked by the layer that uses it)
@@ -104,6 +108,7 @@ _SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     CREDIT: (str, int),
     BYE: (str,),
     PING: (int,),
+    MEMBERS: (int,),
 }
 
 _packb = msgpack.packb
@@ -183,7 +188,8 @@ def request_id_of(data: bytes) -> int | None:
     if type(frame) is not list or len(frame) < 3:
         return None
     position = 4 if frame[1] == SEND else 2
-    if frame[1] in (HELLO, SEND, REQUEST, START, STOP, LIST, PING) and len(frame) > position:
+    answerable = (HELLO, SEND, REQUEST, START, STOP, LIST, PING, MEMBERS)
+    if frame[1] in answerable and len(frame) > position:
         rid = frame[position]
         if type(rid) is int and rid > 0:
             return rid

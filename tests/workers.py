@@ -96,3 +96,17 @@ class NodeHolder:
             await context.reply(json.dumps(sorted(w["name"] for w in workers)))
         else:
             await context.reply(await self.node.send_and_receive("echo", message, timeout=5000))
+
+
+class ZoneLister:
+    """Asks its own node which nodes of the zone it knows; message: "<filter> <count>"."""
+
+    def __init__(self, node):
+        self.node = node
+
+    async def handle_message(self, context, message):
+        from autonomy import Zone
+
+        pattern, count = message.split()
+        found = await Zone.nodes(self.node, filter=pattern, count=int(count), timeout=15_000)
+        await context.reply(json.dumps([each.name for each in found]))
