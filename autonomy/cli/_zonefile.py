@@ -1,0 +1,703 @@
+"""Zone folders: autonomy.yaml → validated frozen dataclasses, and each image's command.
+
+A zone folder holds ``autonomy.yaml`` (the zone's name and its pods, clones and containers)
+and one ``images/<image>/`` folder per image, with a ``Dockerfile`` and the image's code.
+This module reads and checks them and derives what the launcher needs: the node name of
+every container of every clone, and the command line of every image. It starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from autonomy import ConfigError
+
+__all__ = [
+    "Container",
+    "NodeSpec",
+    "Pod",
+    "ZoneFile",
+    "ZONE_FILE_NAME",
+    "command_for",
+    "dockerfile_command",
+    "load_zone",
+    "node_name",
+    "parse_zone",
+]
+
+logger = logging.getLogger("autonomy.cli")
+
+ZONE_FILE_NAME: Final = "autonomy.yaml"
+IMAGES_DIR_NAME: Final = "images"
+DEFAULT_COMMAND: Final = ("python", "main.py")
+"""The command of an image whose Dockerfile has neither ENTRYPOINT nor CMD (or no Dockerfile)."""
+
+_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_IMAGE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PYTHON_RE: Final = re.compile(r"(?:.*/)?python(?:3(?:\.\d+)?)?")
+_SHELL_PYTHON_RE: Final = re.compile(r"^(\s*(?:exec\s+)?)(?:\S*/)?python(?:3(?:\.\d+)?)?(?=\s|$)")
+_HEREDOC_RE: Final = re.compile(r"<<-?\s*([\"']?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+_ZONE_KEYS: Final = frozenset({"name", "pods"})
+_POD_KEYS: Final = frozenset({"name", "public", "size", "clones", "containers"})
+_CONTAINER_KEYS: Final = frozenset({"name", "image", "env", "args"})
+_ENV_ITEM_KEYS: Final = frozenset({"name", "value"})
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container of a pod: a process running ``images/<image>/``'s command."""
+
+    name: str
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables (``env:`` as a list of {name, value} or a mapping)."""
+    args: list[str] = field(default_factory=list)
+    """Arguments that replace the image's CMD (as ``docker run IMAGE ARGS...`` does)."""
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod: containers started together, ``clones`` times."""
+
+    name: str
+    public: bool
+    size: str | None
+    clones: int
+    containers: tuple[Container, ...]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One process of the zone: a container of one clone of a pod, with its node name."""
+
+    name: str
+    pod: Pod
+    clone: int | None
+    """The 0-based clone index, or None for a pod of a single clone."""
+    container: Container
+
+
+@dataclass(frozen=True)
+class ZoneFile:
+    """A parsed, validated autonomy.yaml."""
+
+    name: str
+    pods: tuple[Pod, ...]
+    path: Path
+    """The autonomy.yaml file (absolute)."""
+
+    @property
+    def dir(self) -> Path:
+        """The zone folder: where autonomy.yaml and ``images/`` are."""
+        return self.path.parent
+
+    def image_dir(self, image: str) -> Path:
+        """The folder of one image: ``images/<image>/``."""
+        return self.dir / IMAGES_DIR_NAME / image
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        """Every process of the zone, pod by pod, clone by clone, container by container."""
+        return tuple(_iter_nodes(self.pods))
+
+    def node_names(self) -> list[str]:
+        """The node names of every process of the zone, in start order."""
+        return [node.name for node in self.nodes]
+
+
+def node_name(pod: str, clone: int | None, container: str) -> str:
+    """The node name of a container: ``{pod}-{container}``, or ``{pod}-{clone}-{container}``."""
+    return f"{pod}-{container}" if clone is None else f"{pod}-{clone}-{container}"
+
+
+def _iter_nodes(pods: Sequence[Pod]) -> Iterator[NodeSpec]:
+    for pod in pods:
+        # A pod of one clone is just a pod: its nodes carry no index.
+        clones: list[int | None] = [None] if pod.clones == 1 else list(range(pod.clones))
+        for clone in clones:
+            for container in pod.containers:
+                yield NodeSpec(node_name(pod.name, clone, container.name), pod, clone, container)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML loading with line numbers and duplicate-key detection
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys and remembers each mapping key's line."""
+
+    def __init__(self, stream: str, display_path: str) -> None:
+        super().__init__(stream)
+        self.display_path = display_path
+        self.key_lines: dict[int, dict[str, int]] = {}
+        self.duplicates: dict[int, tuple[str, int, int]] = {}
+        """id(mapping) → (key, line, first line) of its first repeated key."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
+    data: dict[Any, Any] = {}
+    yield data
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=False)
+        if isinstance(key, str):
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                loader.duplicates.setdefault(id(data), (key, line, lines[key]))
+            else:
+                lines[key] = line
+    data.update(loader.construct_mapping(node, deep=False))
+    loader.key_lines[id(data)] = lines
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+class _Checker:
+    """Validation helpers that build ConfigErrors naming the file, the key path and the line."""
+
+    def __init__(
+        self,
+        display_path: str,
+        key_lines: dict[int, dict[str, int]],
+        duplicates: dict[int, tuple[str, int, int]],
+    ) -> None:
+        self.display_path = display_path
+        self.key_lines = key_lines
+        self.duplicates = duplicates
+
+    def no_duplicates(self, value: Mapping[Any, Any], key: str) -> None:
+        """Refuse a mapping that repeats a key (YAML would silently keep the last value)."""
+        duplicate = self.duplicates.pop(id(value), None)
+        if duplicate is not None:
+            name, line, first = duplicate
+            raise ConfigError(
+                f"duplicate key {name!r} at line {line} (first at line {first})",
+                path=self.display_path,
+                key=_join(key, name),
+            )
+
+    def error(
+        self,
+        key: str,
+        message: str,
+        where: Mapping[Any, Any] | None = None,
+        field_name: str | None = None,
+    ) -> ConfigError:
+        line = self.line(where, field_name)
+        suffix = f" (line {line})" if line is not None else ""
+        return ConfigError(message + suffix, path=self.display_path, key=key)
+
+    def line(self, where: Mapping[Any, Any] | None, field_name: str | None) -> int | None:
+        if where is None or field_name is None:
+            return None
+        return self.key_lines.get(id(where), {}).get(field_name)
+
+    def mapping(self, value: object, key: str, what: str) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"expected {what} (a mapping), got {_describe(value)}",
+                path=self.display_path,
+                key=key or None,
+            )
+        self.no_duplicates(value, key)
+        return value
+
+    def warn_unknown(self, value: Mapping[Any, Any], known: frozenset[str], key: str) -> None:
+        for name in value:
+            if name not in known:
+                line = self.line(value, name) if isinstance(name, str) else None
+                where = f" (line {line})" if line is not None else ""
+                logger.warning(
+                    "%s: %s: unknown key %r ignored%s; known keys: %s",
+                    self.display_path,
+                    _join(key, str(name)),
+                    name,
+                    where,
+                    ", ".join(sorted(known)),
+                )
+
+    def label(self, parent: Mapping[Any, Any], field_name: str, key: str, what: str) -> str:
+        full = _join(key, field_name)
+        if field_name not in parent:
+            raise ConfigError(
+                f"missing: expected `{field_name}: <{what}>`", path=self.display_path, key=full
+            )
+        value = parent[field_name]
+        if not isinstance(value, str):
+            raise self.error(
+                full, f"expected a {what} (a string), got {_describe(value)}", parent, field_name
+            )
+        if not _LABEL_RE.fullmatch(value):
+            raise self.error(
+                full,
+                f"{value!r} is not a valid {what}: expected a DNS label (lowercase letters, "
+                "digits and '-', starting and ending with a letter or digit, at most 63 "
+                "characters)",
+                parent,
+                field_name,
+            )
+        return value
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def load_zone(path: str | os.PathLike[str], *, check_images: bool = True) -> ZoneFile:
+    """Read and validate a zone: ``path`` is a zone folder or its autonomy.yaml.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or does not describe a zone.
+    """
+    given = Path(path)
+    expected = f"expected a zone folder holding {ZONE_FILE_NAME} and {IMAGES_DIR_NAME}/<image>/"
+    if given.is_dir():
+        file = given / ZONE_FILE_NAME
+    elif given.suffix in (".yaml", ".yml") or given.exists():
+        file = given
+    else:
+        raise ConfigError(f"no such folder: {expected}", path=str(given))
+    display = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {expected}", path=display) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file: {exc}", path=display) from exc
+    return parse_zone(text, path=file, display_path=display, check_images=check_images)
+
+
+def parse_zone(
+    text: str,
+    *,
+    path: str | os.PathLike[str],
+    display_path: str | None = None,
+    check_images: bool = True,
+) -> ZoneFile:
+    """Validate autonomy.yaml text; ``path`` is where it lives (``images/`` is beside it).
+
+    Raises:
+        ConfigError: the text is not valid YAML or does not describe a zone.
+    """
+    file = Path(path).absolute()
+    display = display_path if display_path is not None else str(path)
+    loader = _Loader(text, display)
+    try:
+        document = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, display) from exc
+    finally:
+        loader.dispose()
+    check = _Checker(display, loader.key_lines, loader.duplicates)
+    if document is None:
+        raise ConfigError(
+            "the file is empty: expected a mapping with `name` and `pods`", path=display
+        )
+    top = check.mapping(document, "", "the zone: `name` and `pods`")
+    check.warn_unknown(top, _ZONE_KEYS, "")
+    name = check.label(top, "name", "", "zone name")
+    if "pods" not in top:
+        raise ConfigError("missing: expected `pods:` with a list of pods", path=display, key="pods")
+    raw_pods = top["pods"]
+    if not isinstance(raw_pods, list) or not raw_pods:
+        raise check.error(
+            "pods", f"expected a non-empty list of pods, got {_describe(raw_pods)}", top, "pods"
+        )
+    pods: list[Pod] = []
+    seen_pods: dict[str, int] = {}
+    for index, raw_pod in enumerate(raw_pods):
+        key = f"pods[{index}]"
+        pod = _parse_pod(check, raw_pod, key, file.parent if check_images else None)
+        if pod.name in seen_pods:
+            raise check.error(
+                f"{key}.name",
+                f"duplicate pod name {pod.name!r} (also pods[{seen_pods[pod.name]}])",
+                raw_pod,
+                "name",
+            )
+        seen_pods[pod.name] = index
+        pods.append(pod)
+    if loader.duplicates:  # in a mapping no check above looked into
+        name, line, first = next(iter(loader.duplicates.values()))
+        raise ConfigError(
+            f"duplicate key {name!r} at line {line} (first at line {first})", path=display, key=name
+        )
+    zone = ZoneFile(name=name, pods=tuple(pods), path=file)
+    _check_node_names(check, zone)
+    return zone
+
+
+def _yaml_error(exc: yaml.YAMLError, display: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+    detail = f"{problem} ({context})" if context else problem
+    return ConfigError(f"invalid YAML at {where}: {detail}", path=display)
+
+
+def _parse_pod(check: _Checker, raw: object, key: str, zone_dir: Path | None) -> Pod:
+    pod = check.mapping(raw, key, "a pod: `name` and `containers`")
+    check.warn_unknown(pod, _POD_KEYS, key)
+    name = check.label(pod, "name", key, "pod name")
+    public = pod.get("public", False)
+    if not isinstance(public, bool):
+        raise check.error(
+            f"{key}.public", f"expected true or false, got {_describe(public)}", pod, "public"
+        )
+    size = pod.get("size")
+    if size is not None and not isinstance(size, str):
+        raise check.error(
+            f"{key}.size", f"expected a size name such as big, got {_describe(size)}", pod, "size"
+        )
+    clones = pod.get("clones", 1)
+    if isinstance(clones, bool) or not isinstance(clones, int) or clones < 1:
+        raise check.error(
+            f"{key}.clones",
+            f"expected a positive integer (1 or more), got {_describe(clones)}",
+            pod,
+            "clones",
+        )
+    if "containers" not in pod:
+        raise check.error(
+            f"{key}.containers",
+            "missing: expected `containers:` with a list of containers",
+            pod,
+            "name",
+        )
+    raw_containers = pod["containers"]
+    if not isinstance(raw_containers, list) or not raw_containers:
+        raise check.error(
+            f"{key}.containers",
+            f"expected a non-empty list of containers, got {_describe(raw_containers)}",
+            pod,
+            "containers",
+        )
+    containers: list[Container] = []
+    seen: dict[str, int] = {}
+    for index, raw_container in enumerate(raw_containers):
+        ckey = f"{key}.containers[{index}]"
+        container = _parse_container(check, raw_container, ckey, zone_dir)
+        if container.name in seen:
+            raise check.error(
+                f"{ckey}.name",
+                f"duplicate container name {container.name!r} in pod {name!r} "
+                f"(also {key}.containers[{seen[container.name]}])",
+                raw_container,
+                "name",
+            )
+        seen[container.name] = index
+        containers.append(container)
+    return Pod(name=name, public=public, size=size, clones=clones, containers=tuple(containers))
+
+
+def _parse_container(check: _Checker, raw: object, key: str, zone_dir: Path | None) -> Container:
+    container = check.mapping(raw, key, "a container: `name` and `image`")
+    check.warn_unknown(container, _CONTAINER_KEYS, key)
+    name = check.label(container, "name", key, "container name")
+    if "image" not in container:
+        raise check.error(
+            f"{key}.image",
+            f"missing: expected `image: <folder name under {IMAGES_DIR_NAME}/>`",
+            container,
+            "name",
+        )
+    image = container["image"]
+    if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image):
+        raise check.error(
+            f"{key}.image",
+            f"expected the name of a folder under {IMAGES_DIR_NAME}/ (letters, digits, '.', "
+            f"'_', '-'), got {_describe(image)}",
+            container,
+            "image",
+        )
+    if zone_dir is not None and not (zone_dir / IMAGES_DIR_NAME / image).is_dir():
+        raise check.error(
+            f"{key}.image",
+            f"image folder {IMAGES_DIR_NAME}/{image}/ not found in {zone_dir}: expected "
+            f"{IMAGES_DIR_NAME}/{image}/Dockerfile and the image's code beside it",
+            container,
+            "image",
+        )
+    env = _parse_env(check, container.get("env"), f"{key}.env", container)
+    args = _parse_args(check, container.get("args"), f"{key}.args", container)
+    return Container(name=name, image=image, env=env, args=args)
+
+
+def _env_value(
+    check: _Checker, value: object, key: str, where: Mapping[Any, Any], field_name: str
+) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise check.error(key, f"expected a string value, got {_describe(value)}", where, field_name)
+
+
+def _parse_env(
+    check: _Checker, raw: object, key: str, container: Mapping[Any, Any]
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if raw is None:
+        return env
+    if isinstance(raw, dict):
+        check.no_duplicates(raw, key)
+        for name, value in raw.items():
+            if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+                raise check.error(
+                    f"{key}.{name}",
+                    "expected an environment variable name "
+                    "(letters, digits and '_', not starting with a digit)",
+                    raw,
+                    name if isinstance(name, str) else None,
+                )
+            env[name] = _env_value(check, value, f"{key}.{name}", raw, name)
+        return env
+    if not isinstance(raw, list):
+        raise check.error(
+            key,
+            f"expected a list of {{name, value}} or a mapping of NAME: value, got {_describe(raw)}",
+            container,
+            "env",
+        )
+    for index, item in enumerate(raw):
+        ikey = f"{key}[{index}]"
+        entry = check.mapping(item, ikey, "an environment variable: `name` and `value`")
+        check.warn_unknown(entry, _ENV_ITEM_KEYS, ikey)
+        name = entry.get("name")
+        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+            raise check.error(
+                f"{ikey}.name",
+                "expected an environment variable name (letters, "
+                f"digits and '_', not starting with a digit), got "
+                f"{_describe(name)}",
+                entry,
+                "name",
+            )
+        if "value" not in entry:
+            raise check.error(
+                f"{ikey}.value", f"missing: expected `value:` for {name}", entry, "name"
+            )
+        if name in env:
+            raise check.error(
+                f"{ikey}.name", f"duplicate environment variable {name!r}", entry, "name"
+            )
+        env[name] = _env_value(check, entry["value"], f"{ikey}.value", entry, "value")
+    return env
+
+
+def _parse_args(check: _Checker, raw: object, key: str, container: Mapping[Any, Any]) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise check.error(
+            key, f"expected a list of strings, got {_describe(raw)}", container, "args"
+        )
+    args: list[str] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise check.error(
+                f"{key}[{index}]", f"expected a string, got {_describe(item)}", container, "args"
+            )
+        args.append(str(item))
+    return args
+
+
+def _check_node_names(check: _Checker, zone: ZoneFile) -> None:
+    seen: dict[str, NodeSpec] = {}
+    for index, pod in enumerate(zone.pods):
+        for node in _iter_nodes([pod]):
+            if node.name in seen:
+                other = seen[node.name]
+                raise ConfigError(
+                    f"node name {node.name!r} of container {node.container.name!r} is also the "
+                    f"name of container {other.container.name!r} of pod {other.pod.name!r}: "
+                    "rename a pod or a container",
+                    path=check.display_path,
+                    key=f"pods[{index}].name",
+                )
+            seen[node.name] = node
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile → command line
+
+
+@dataclass
+class _Stage:
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    cmd_set: bool = False
+    shell: list[str] = field(default_factory=lambda: ["/bin/sh", "-c"])
+
+
+def _logical_lines(text: str) -> Iterator[str]:
+    """Dockerfile lines with comments dropped, continuations joined and heredocs skipped."""
+    escape = "\\"
+    lines = text.splitlines()
+    index = 0
+    # Parser directives (`# escape=` ...) may only open the file.
+    while index < len(lines):
+        match = re.fullmatch(r"\s*#\s*([A-Za-z]+)\s*=\s*(\S+)\s*", lines[index])
+        if not match:
+            break
+        if match.group(1).lower() == "escape" and match.group(2) in ("\\", "`"):
+            escape = match.group(2)
+        index += 1
+    current: list[str] = []
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        stripped = line.strip()
+        if stripped.startswith("#") or (current and not stripped):
+            continue
+        if stripped.endswith(escape):
+            current.append(stripped[: -len(escape)])
+            continue
+        current.append(stripped)
+        logical = " ".join(part for part in current if part)
+        current = []
+        if not logical:
+            continue
+        heredoc = _HEREDOC_RE.search(logical)
+        if heredoc and logical.split(None, 1)[0].upper() in ("RUN", "COPY", "ADD"):
+            end = heredoc.group(2)
+            while index < len(lines) and lines[index].strip() != end:
+                index += 1
+            index += 1
+        yield logical
+    if current:
+        yield " ".join(part for part in current if part)
+
+
+def _json_array(rest: str) -> list[str] | None:
+    if not rest.startswith("["):
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def _exec_or_shell(rest: str, shell: list[str]) -> list[str]:
+    """Docker's rule: a JSON array of strings is the exec form, anything else the shell form."""
+    array = _json_array(rest)
+    return array if array is not None else [*shell, rest]
+
+
+def _final_stage(text: str) -> _Stage:
+    stages: dict[str, _Stage] = {}
+    stage = _Stage()
+    for line in _logical_lines(text):
+        parts = line.split(None, 1)
+        instruction = parts[0].upper()
+        rest = parts[1].strip() if len(parts) > 1 else ""
+        if instruction == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            base = stages.get(words[0].lower()) if words else None
+            stage = _Stage(
+                entrypoint=base.entrypoint if base else None,
+                cmd=base.cmd if base else None,
+                shell=list(base.shell) if base else ["/bin/sh", "-c"],
+            )
+            if len(words) >= 3 and words[1].lower() == "as":
+                stages[words[2].lower()] = stage
+        elif instruction == "SHELL":
+            shell = _json_array(rest)
+            if shell:
+                stage.shell = shell
+        elif instruction == "ENTRYPOINT":
+            stage.entrypoint = _exec_or_shell(rest, stage.shell) if rest else None
+            if not stage.cmd_set:
+                stage.cmd = None
+        elif instruction == "CMD":
+            stage.cmd = _exec_or_shell(rest, stage.shell) if rest else None
+            stage.cmd_set = True
+    return stage
+
+
+def dockerfile_command(text: str) -> list[str] | None:
+    """The command a Dockerfile's final stage runs (ENTRYPOINT + CMD), or None if it sets none.
+
+    Follows Docker: exec (JSON) and shell forms (``SHELL`` honoured), the last ENTRYPOINT/CMD
+    of the final stage wins, a stage built ``FROM`` an earlier stage inherits its settings,
+    and an ENTRYPOINT set in a stage drops an inherited CMD. Variables are not expanded
+    (Docker does not either).
+    """
+    stage = _final_stage(text)
+    if stage.entrypoint is None and stage.cmd is None:
+        return None
+    return [*(stage.entrypoint or []), *(stage.cmd or [])]
+
+
+def command_for(image_dir: str | os.PathLike[str], args: Sequence[str] = ()) -> list[str]:
+    """The command line of an image, to run locally in ``image_dir``.
+
+    ENTRYPOINT and CMD come from ``image_dir/Dockerfile`` (``python main.py`` without them).
+    ``args`` (a container's ``args:``) replace CMD, as ``docker run IMAGE ARGS...`` and
+    Kubernetes do; with the usual ``ENTRYPOINT ["python", "main.py"]`` they are appended.
+    A leading ``python``/``python3`` becomes this interpreter (:data:`sys.executable`), so the
+    zone runs in the environment the launcher runs in.
+    """
+    dockerfile = Path(image_dir) / "Dockerfile"
+    try:
+        text = dockerfile.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        logger.debug("%s: no Dockerfile; running %s", image_dir, " ".join(DEFAULT_COMMAND))
+        text = ""
+    stage = _final_stage(text)
+    if stage.entrypoint is None and stage.cmd is None:
+        entrypoint, cmd = list(DEFAULT_COMMAND), []
+    else:
+        entrypoint, cmd = stage.entrypoint or [], stage.cmd or []
+    return _use_this_python([*entrypoint, *(list(args) if args else cmd)])
+
+
+def _use_this_python(argv: list[str]) -> list[str]:
+    if not argv:
+        return argv
+    if _PYTHON_RE.fullmatch(argv[0]):
+        return [sys.executable, *argv[1:]]
+    # Shell form: `/bin/sh -c "python main.py"`.
+    if len(argv) >= 3 and argv[1] == "-c" and os.path.basename(argv[0]) in ("sh", "bash"):
+        script = _SHELL_PYTHON_RE.sub(
+            lambda m: m.group(1) + shlex.quote(sys.executable), argv[2], count=1
+        )
+        return [argv[0], "-c", script, *argv[3:]]
+    return argv
