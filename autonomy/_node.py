@@ -60,8 +60,9 @@ from ._protocol import (
     request_id_of,
 )
 from ._remote import RemoteNode
+from ._secret import derive_seeds, zone_secret
 from ._shipping import loads_worker, node_reference
-from ._transport import DealerSocket, PeerEvent, Transport
+from ._transport import DealerSocket, PeerEvent, Transport, curve_keys
 from ._worker import Worker
 
 if TYPE_CHECKING:
@@ -179,9 +180,18 @@ class Node(NodeInterface):
             ``127.0.0.1`` on a free port (nothing is reachable from outside the machine).
         max_frame_bytes: the largest frame sent or accepted (messages slightly less).
         mailbox_size: messages a worker may have queued before local senders wait.
-        allow_shipping: accept workers shipped as code (cloudpickle) by members of the zone.
+        allow_shipping: accept workers shipped as code (cloudpickle) by members of the zone;
+            default on (off in plain mode), or ``AUTONOMY_ALLOW_SHIPPING``.
         allowed_workers: if given, accept only shipped workers whose classes (and anything
-            else in their state that pickle imports) are named here as ``module.qualname``.
+            else in their state that pickle imports) are named here as ``module.qualname``:
+            no code travels then. Default ``AUTONOMY_ALLOWED_WORKERS`` (comma-separated).
+        secret: the zone's secret (see ``autonomy zone secret``); default
+            ``AUTONOMY_ZONE_SECRET``, else ``AUTONOMY_ZONE_SECRET_FILE``, else this user's
+            secret file for the zone, created on first use.
+        secure: encrypt and authenticate every connection with CURVE keys derived from the
+            secret (default). ``False`` (or ``AUTONOMY_SECURE=0``) is plain mode, for
+            benchmarks only: anyone who reaches the port may use the node, so it then
+            refuses shipped code unless ``allow_shipping=True`` is passed explicitly.
         discovery: advertise and browse the zone over mDNS, on the interface the node is
             bound to; default on unless ``AUTONOMY_DISCOVERY=0``.
         peers: seed peers (``HOST:PORT`` each) for networks without multicast; default
@@ -197,8 +207,10 @@ class Node(NodeInterface):
         bind: str | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         mailbox_size: int = MAILBOX_SIZE,
-        allow_shipping: bool = True,
+        allow_shipping: bool | None = None,
         allowed_workers: list[str] | None = None,
+        secret: str | None = None,
+        secure: bool | None = None,
         discovery: bool | None = None,
         peers: list[str] | str | None = None,
     ) -> None:
@@ -215,9 +227,20 @@ class Node(NodeInterface):
         self.endpoint: str = ""
         """The bound ROUTER's address (``tcp://127.0.0.1:53211``), set once started."""
         self.control_timeout_s = CONTROL_TIMEOUT_MS / 1000
+        if allowed_workers is None and os.environ.get("AUTONOMY_ALLOWED_WORKERS"):
+            allowed_workers = [
+                name.strip()
+                for name in os.environ["AUTONOMY_ALLOWED_WORKERS"].split(",")
+                if name.strip()
+            ]
         self._allowed: frozenset[str] | None = (
             frozenset(allowed_workers) if allowed_workers is not None else None
         )
+        self.secure: bool = secure if secure is not None else _env_flag("AUTONOMY_SECURE", True)
+        """Whether connections are CURVE-encrypted and authenticated (the default)."""
+        self._secret = secret
+        if allow_shipping is None:
+            allow_shipping = _env_flag("AUTONOMY_ALLOW_SHIPPING", self.secure)
         self._allow_shipping = allow_shipping or allowed_workers is not None
         self._state = NodeState.NEW
         self._workers: dict[str, Mailbox] = {}
@@ -274,10 +297,22 @@ class Node(NodeInterface):
             raise NodeClosedError(f"node {self._name!r} was already started")
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        keys = None
+        if self.secure:
+            keys = curve_keys(*derive_seeds(zone_secret(self.zone, self._secret), self.zone))
+        else:
+            log.warning(
+                "node %r runs in PLAIN mode: no encryption, and anyone who reaches %s can "
+                "send it messages (use it for benchmarks only)",
+                self._name,
+                self._bind,
+            )
         transport = Transport(
             identity=self.instance.encode(),
             max_frame_bytes=self._max_frame_bytes,
             on_router_frame=self._on_router_frame,
+            keys=keys,
+            zap_domain=self.zone,
         )
         try:
             self.endpoint = transport.bind(self._bind)
@@ -679,7 +714,7 @@ class Node(NodeInterface):
                     assert peer.dealer is not None
                     peer.dealer.send(hello)
             return
-        if event == "down" and peer.state in ("gone", "closed"):
+        if event == "down" and peer.state in ("gone", "closed", "refused"):
             return
         state = "down" if event == "down" else "refused"
         if peer.state != state:
@@ -900,7 +935,10 @@ class Node(NodeInterface):
     def _on_start(self, ident: bytes, rid: int, name: str, payload: bytes) -> None:
         check_name(name)
         if not self._allow_shipping:
-            raise SecurityError(f"node {self._name!r} does not accept shipped workers")
+            raise SecurityError(
+                f"node {self._name!r} does not accept shipped workers"
+                + ("" if self.secure else " (plain mode; pass allow_shipping=True to allow)")
+            )
         try:
             worker = loads_worker(payload, self, self._allowed)
             check_worker(worker)

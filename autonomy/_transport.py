@@ -19,11 +19,19 @@ from collections.abc import Callable
 from typing import Final
 
 import zmq
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ._errors import NodeClosedError, PeerUnavailableError
 
-__all__ = ["HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "DealerSocket", "Transport"]
+__all__ = [
+    "HEARTBEAT_IVL_MS",
+    "HEARTBEAT_TIMEOUT_MS",
+    "CurveKeys",
+    "DealerSocket",
+    "Transport",
+    "curve_keys",
+]
 
 log = logging.getLogger("autonomy.transport")
 
@@ -57,6 +65,31 @@ _MONITORED: Final = (
 
 PeerEvent = str
 """``"up"``, ``"down"`` or ``"refused"``."""
+
+ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
+
+
+class CurveKeys:
+    """A zone's CURVE keys (z85): one server pair shared by every ROUTER of the zone, one
+    client pair shared by every DEALER. Holding them is being a member."""
+
+    __slots__ = ("client_public", "client_secret", "server_public", "server_secret")
+
+    def __init__(self, server_seed: bytes, client_seed: bytes) -> None:
+        self.server_secret = z85.encode(server_seed)
+        self.server_public = zmq.curve_public(self.server_secret)
+        self.client_secret = z85.encode(client_seed)
+        self.client_public = zmq.curve_public(self.client_secret)
+
+    def __repr__(self) -> str:
+        return f"<CurveKeys server={self.server_public[:8].decode()}...>"
+
+
+def curve_keys(server_seed: bytes, client_seed: bytes) -> CurveKeys:
+    """Build the zone's keys from 32-byte seeds (derived from the zone secret)."""
+    if not zmq.has("curve"):
+        raise RuntimeError("this libzmq was built without CURVE: the mesh cannot be secured")
+    return CurveKeys(server_seed, client_seed)
 
 
 def _common_options(sock: zmq.Socket[bytes], max_frame_bytes: int) -> None:
@@ -144,6 +177,14 @@ class DealerSocket:
         sock.setsockopt(zmq.ROUTING_ID, transport.identity)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        keys = transport.keys
+        if keys is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+        # A refused handshake (wrong secret, other zone, plain vs secure) would otherwise be
+        # retried every 100 ms forever, each attempt logged by the other side.
+        sock.setsockopt(zmq.RECONNECT_STOP, zmq.RECONNECT_STOP_HANDSHAKE_FAILED)
         monitor = sock.get_monitor_socket(_MONITORED)
         try:
             sock.connect(endpoint)
@@ -182,9 +223,13 @@ class DealerSocket:
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._on_event("down", "connection lost")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._on_event("refused", "authentication failed (wrong zone or secret?)")
+                self._on_event("refused", "it refused our key: we do not hold its zone's secret")
             else:
-                self._on_event("refused", f"handshake failed (monitor event {kind})")
+                self._on_event(
+                    "refused",
+                    "the handshake failed: it does not share this zone's secret (another "
+                    "zone, another secret, or one side in plain mode)",
+                )
 
     def send(self, frame: bytes) -> None:
         """Queue one frame to the peer (never blocks: high-water marks are off)."""
@@ -214,13 +259,20 @@ class Transport:
         identity: bytes,
         max_frame_bytes: int,
         on_router_frame: Callable[[bytes, bytes], None],
+        keys: CurveKeys | None,
+        zap_domain: str,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.identity = identity
         self.max_frame_bytes = max_frame_bytes
+        self.keys = keys
+        self._zap_domain = zap_domain
         self._on_router_frame = on_router_frame
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._router: _Driven | None = None
+        self._router_monitor: _Driven | None = None
+        self._failed_handshakes = 0
+        self._zap: _ZapHandler | None = None
         self._dealers: list[DealerSocket] = []
         self.endpoint = ""
 
@@ -230,6 +282,14 @@ class Transport:
         sock = self.context.socket(zmq.ROUTER)
         _common_options(sock, self.max_frame_bytes)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.keys is not None:
+            # Every connection is CURVE-encrypted, and our ZAP handler admits only clients
+            # that hold the zone's client key: nothing from a stranger reaches a frame.
+            self._zap = _ZapHandler(self, self.keys.client_public)
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.server_public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.server_secret)
+            sock.setsockopt_string(zmq.ZAP_DOMAIN, self._zap_domain)
         # Unroutable replies raise EHOSTUNREACH instead of vanishing: we log them.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
@@ -239,7 +299,28 @@ class Transport:
             raise OSError(exc.errno, f"cannot bind {address}: {exc}") from exc
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._router = _Driven(self.loop, sock, self._drain_router)
+        if self.keys is not None:
+            # Handshakes that fail before ZAP is asked (a plain client, a wrong server key)
+            # are visible only here.
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
+            self._router_monitor = _Driven(self.loop, monitor, self._drain_router_monitor)
         return self.endpoint
+
+    def _drain_router_monitor(self) -> None:
+        driven = self._router_monitor
+        assert driven is not None
+        while driven.readable():
+            parse_monitor_message(driven.sock.recv_multipart(zmq.NOBLOCK))
+            self._failed_handshakes += 1
+            count = self._failed_handshakes
+            if count == 1 or count % 1000 == 0:
+                log.warning(
+                    "refused %d connection(s) whose handshake failed: a client without this "
+                    "zone's secret, or without encryption",
+                    count,
+                )
 
     def _drain_router(self) -> None:
         driven = self._router
@@ -303,6 +384,72 @@ class Transport:
             dealer.close(linger_ms)
         self._dealers.clear()
         if self._router is not None:
+            if self._router_monitor is not None:
+                try:
+                    self._router.sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                self._router_monitor.close(0)
             self._router.close(linger_ms)
+        if self._zap is not None:
+            self._zap.close()
         # Every socket is closed with a finite linger, so term() returns within linger_ms.
         self.context.term()
+
+
+class _ZapHandler:
+    """ZeroMQ's authentication hook (ZAP, RFC 27) for this node's context: admits a CURVE
+    client only if its public key is the zone's client key. Refusals are logged once per
+    address at WARNING (then at DEBUG), so a stranger knocking cannot flood the log."""
+
+    def __init__(self, transport: Transport, client_key: bytes) -> None:
+        self._client_key = z85.decode(client_key)
+        self._domain = transport._zap_domain.encode()
+        self._refused: dict[bytes, int] = {}
+        sock = transport.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(ZAP_ENDPOINT)
+        self._driven = _Driven(transport.loop, sock, self._drain)
+
+    def _drain(self) -> None:
+        driven = self._driven
+        sock = driven.sock
+        while driven.readable():
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            # [routing id, empty, version, request id, domain, address, identity,
+            #  mechanism, credentials...]
+            if len(frames) < 8:
+                log.warning("malformed ZAP request (%d frames)", len(frames))
+                continue
+            route, _, version, request_id, domain, address, _, mechanism = frames[:8]
+            credentials = frames[8:]
+            if (
+                mechanism == b"CURVE"
+                and domain == self._domain
+                and credentials == [self._client_key]
+            ):
+                status, text = b"200", b"OK"
+            else:
+                status, text = b"400", b"not a member of this zone"
+                self._log_refusal(address, mechanism)
+            sock.send_multipart(
+                [route, b"", version, request_id, status, text, b"", b""], zmq.NOBLOCK
+            )
+        driven.kick()
+
+    def _log_refusal(self, address: bytes, mechanism: bytes) -> None:
+        count = self._refused.get(address, 0) + 1
+        if len(self._refused) > 1000:
+            self._refused.clear()
+        self._refused[address] = count
+        level = logging.WARNING if count == 1 else logging.DEBUG
+        log.log(
+            level,
+            "refused a connection from %s (%s): it does not hold this zone's secret%s",
+            address.decode(errors="replace"),
+            mechanism.decode(errors="replace") or "no mechanism",
+            "" if count == 1 else f" (attempt {count})",
+        )
+
+    def close(self) -> None:
+        self._driven.close(0)

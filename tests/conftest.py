@@ -141,6 +141,15 @@ async def reap(runner: Runner) -> None:
         runner.process.stdin.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_config_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Zone secrets created by the tests (one per test zone) go to a temporary config home,
+    not the user's; child processes inherit it."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    os.environ.pop("AUTONOMY_ZONE_SECRET", None)
+    os.environ.pop("AUTONOMY_ZONE_SECRET_FILE", None)
+
+
 @pytest.fixture
 def zone() -> str:
     return unique("zone")
@@ -227,3 +236,26 @@ async def no_leaks() -> AsyncIterator[None]:
         lambda: not set(threading.enumerate()) - threads_before,
         what=f"threads to end: {set(threading.enumerate()) - threads_before}",
     )
+
+
+def raw_dealer(
+    context: Any, zone: str, endpoint: str, *, member: bool = True, secret: str | None = None
+) -> Any:
+    """A raw pyzmq DEALER connected to a node's ROUTER (linger 0; the caller closes it).
+
+    ``member=True`` gives it the zone's CURVE keys (from ``secret`` or the zone's secret
+    file), as a node of the zone has; ``member=False`` leaves it a plain client."""
+    import zmq
+
+    from autonomy._secret import derive_seeds, zone_secret
+    from autonomy._transport import curve_keys
+
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if member:
+        keys = curve_keys(*derive_seeds(zone_secret(zone, secret), zone))
+        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+    sock.connect(endpoint)
+    return sock
