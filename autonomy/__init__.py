@@ -18,6 +18,7 @@ from ._errors import AutonomyError as AutonomyError
 from ._errors import ConfigError as ConfigError
 from ._errors import DiscoveryError as DiscoveryError
 from ._errors import InternalError as InternalError
+from ._errors import MailboxFullError as MailboxFullError
 from ._errors import MessageTooLargeError as MessageTooLargeError
 from ._errors import MessageTypeError as MessageTypeError
 from ._errors import NodeClosedError as NodeClosedError
@@ -50,6 +51,7 @@ __all__ = [
     "Context",
     "DiscoveryError",
     "InternalError",
+    "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
     "NoReplyError",

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DiscoveryError",
     "InternalError",
+    "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
     "NoReplyError",
@@ -79,6 +80,19 @@ class WorkerNotFoundError(AutonomyError, LookupError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.worker, self.node))
+
+
+class MailboxFullError(AutonomyError):
+    """A worker's queue is over its hard limit: a remote sender ignored backpressure."""
+
+    def __init__(self, worker: str, node: str, limit: int) -> None:
+        self.worker = worker
+        self.node = node
+        self.limit = limit
+        super().__init__(f"worker {worker!r} on node {node!r} has {limit} messages queued")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.worker, self.node, self.limit))
 
 
 class ReplyError(AutonomyError, RuntimeError):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from ._base import NodeInterface, check_worker
 from ._errors import (
     AutonomyError,
+    MailboxFullError,
     NodeClosedError,
     PeerUnavailableError,
     ProtocolError,
@@ -84,6 +85,14 @@ SEND_WINDOW: Final = 1000
 """One-way messages a sender may have in flight to one remote worker before it waits for
 credit: the remote end of the mailbox bound (backpressure across the wire)."""
 
+MAX_PENDING_PER_PEER: Final = 10_000
+"""Calls one node may have in flight to one peer; more wait for a slot (backpressure)."""
+
+REMOTE_QUEUE_LIMIT: Final = 100_000
+"""Hard limit of a worker's queue for remote senders, who are bounded by their credit
+windows and MAX_PENDING_PER_PEER already: past it, a sender that ignores those bounds gets
+`MailboxFullError` instead of growing our memory."""
+
 CONTROL_TIMEOUT_MS: Final = 15_000
 """Default timeout of start_worker / stop_worker / list_workers on a remote node."""
 
@@ -139,6 +148,7 @@ class _Peer:
         "reason",
         "remote",
         "since",
+        "slot_waiters",
         "state",
         "up_waiters",
     )
@@ -156,6 +166,7 @@ class _Peer:
         """One-way messages in flight per remote worker; no entry until the first is confirmed."""
         self.credit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.up_waiters: list[asyncio.Future[None]] = []
+        self.slot_waiters: list[asyncio.Future[None]] = []
         self.dealer: DealerSocket | None = None
         self.remote: RemoteNode | None = None
 
@@ -634,6 +645,8 @@ class Node(NodeInterface):
         deadline = loop.time() + timeout_s
         if peer.state != "up":
             await self._wait_up(peer, deadline, worker, timeout_s)
+        if len(peer.pending) >= MAX_PENDING_PER_PEER:
+            await self._wait_slot(peer, deadline, worker, timeout_s)
         future: asyncio.Future[Any] = loop.create_future()
         peer.pending[rid] = future
         try:
@@ -646,6 +659,23 @@ class Node(NodeInterface):
                 timer.cancel()
         finally:
             del peer.pending[rid]
+            if peer.slot_waiters:
+                _wake_first(peer.slot_waiters)
+
+    async def _wait_slot(self, peer: _Peer, deadline: float, worker: str, timeout_s: float) -> None:
+        """Wait (backpressure) until the peer has fewer than MAX_PENDING_PER_PEER calls."""
+        assert self._loop is not None
+        while len(peer.pending) >= MAX_PENDING_PER_PEER:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            peer.slot_waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise ReplyTimeoutError(worker, timeout_s * 1000) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    peer.slot_waiters.remove(waiter)
 
     async def _ping(self, peer: _Peer, timeout_s: float) -> None:
         rid = self._new_rid()
@@ -740,6 +770,9 @@ class Node(NodeInterface):
         for waiter in peer.up_waiters:
             if not waiter.done() and state in ("refused", "closed"):
                 waiter.set_exception(_fresh(error))
+        for waiter in peer.slot_waiters:
+            if not waiter.done():
+                waiter.set_exception(_fresh(error))
         # Windows restart from zero: a restarted peer has fresh mailboxes.
         peer.credit.clear()
 
@@ -822,6 +855,8 @@ class Node(NodeInterface):
                 mailbox = self._workers.get(worker)
                 if mailbox is None:
                     raise WorkerNotFoundError(worker, self._name)
+                if mailbox.queued >= REMOTE_QUEUE_LIMIT:
+                    raise MailboxFullError(worker, self._name, REMOTE_QUEUE_LIMIT)
                 assert self._loop is not None
                 deadline = self._loop.time() + timeout_ms / 1000 if timeout_ms else 0.0
                 mailbox.put_nowait(message, (ident, rid, deadline))
@@ -883,7 +918,7 @@ class Node(NodeInterface):
             entry = mailbox.remote[ident] = [0, 0]
         if entry[0] >= 2 * SEND_WINDOW:
             # The sender ignored its credit window: refuse rather than queue without bound.
-            raise ProtocolError(f"sender exceeded its credit window for worker {worker!r}")
+            raise MailboxFullError(worker, self._name, 2 * SEND_WINDOW)
         entry[0] += 1
         mailbox.put_nowait(message, ident)
         if rid:
@@ -960,6 +995,13 @@ class Node(NodeInterface):
         task = self._loop.create_task(_as_coroutine(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _wake_first(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+            return
 
 
 def _fresh(error: AutonomyError) -> AutonomyError:

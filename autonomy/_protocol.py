@@ -39,6 +39,7 @@ import msgpack
 from ._errors import (
     AutonomyError,
     InternalError,
+    MailboxFullError,
     MessageTooLargeError,
     MessageTypeError,
     NodeClosedError,
@@ -247,6 +248,7 @@ E_WORKER_START: Final = 8
 E_NODE_CLOSED: Final = 9
 E_MESSAGE_TYPE: Final = 10
 E_SECURITY: Final = 11
+E_MAILBOX_FULL: Final = 12
 E_INTERNAL: Final = 99
 
 
@@ -286,6 +288,8 @@ def error_to_wire(exc: BaseException) -> tuple[int, str, dict[str, Any]]:
             return E_MESSAGE_TYPE, message, {}
         case SecurityError():
             return E_SECURITY, message, {}
+        case MailboxFullError(worker=worker, node=node, limit=limit):
+            return E_MAILBOX_FULL, message, {"worker": worker, "node": node, "limit": limit}
         case _:
             return E_INTERNAL, f"{type(exc).__name__}: {message}", {}
 
@@ -333,6 +337,10 @@ def error_from_wire(code: int, message: str, fields: dict[str, Any]) -> Autonomy
             return MessageTypeError(message)
         case 11:
             return SecurityError(message)
+        case 12:
+            return MailboxFullError(
+                _str(fields, "worker"), _str(fields, "node"), _int(fields, "limit")
+            )
         case 99:
             return InternalError(message)
         case _:

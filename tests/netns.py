@@ -30,13 +30,14 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar, cast
 
-__all__ = ["Host", "NetnsLab", "netns_available"]
+__all__ = ["Host", "NetnsLab", "multicast_passes", "netns_available"]
 
 log = logging.getLogger("tests.netns")
 
@@ -156,6 +157,20 @@ class NetnsLab:
             self.hosts.append(host)
         log.debug("created %r", self)
 
+    def block_multicast(self) -> None:
+        """Make the bridge stop forwarding multicast between the namespaces (mDNS then no
+        longer passes), as on a network without multicast; unicast and broadcast (ARP) still
+        pass. Uses the bridge ports' ``mcast_flood`` flag: with snooping off, the bridge
+        floods every multicast frame, and a port with the flag off receives none."""
+        for index in range(len(self.hosts)):
+            subprocess.run(
+                ["bridge", "link", "set", "dev", f"{self.tag}-v{index}", "mcast_flood", "off"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=_COMMAND_TIMEOUT_S,
+            )
+
     def close(self) -> None:
         """Kill what still runs in the namespaces and delete namespaces, veths and bridge.
 
@@ -228,6 +243,82 @@ def _kill_processes_in(namespace: str) -> None:
             os.kill(int(pid_text), signal.SIGKILL)
         except (ValueError, ProcessLookupError):
             pass
+
+
+_PROBE_RECEIVER = """
+import socket, sys
+address, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", port))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton("224.0.0.251") + socket.inet_aton(address))
+print("ready", flush=True)
+seen = False
+while True:
+    data = s.recv(100)
+    if data == b"probe":
+        seen = True
+    elif data == b"fence":
+        print("passes" if seen else "blocked", flush=True)
+        break
+"""
+
+_PROBE_SENDER = """
+import socket, sys
+address, receiver, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+for _ in range(3):
+    s.sendto(b"probe", ("224.0.0.251", port))
+s.sendto(b"fence", (receiver, port))
+"""
+
+
+async def multicast_passes(sender: Host, receiver: Host, timeout_s: float = 10.0) -> bool:
+    """Whether a multicast datagram (to mDNS's group, 224.0.0.251) from `sender` reaches
+    `receiver`. The sender sends three multicast probes, then one unicast "fence" along the
+    same path; the receiver answers when the fence arrives: the probes, sent first, would
+    have arrived before it. No waiting for an absence."""
+    port = str(20000 + secrets.randbelow(20000))
+    listener = await asyncio.create_subprocess_exec(
+        *receiver.command(sys.executable, "-c", _PROBE_RECEIVER, receiver.address, port),
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert listener.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            if (await listener.stdout.readline()).strip() != b"ready":
+                raise RuntimeError("multicast probe receiver did not start")
+            talker = await asyncio.create_subprocess_exec(
+                *sender.command(
+                    sys.executable, "-c", _PROBE_SENDER, sender.address, receiver.address, port
+                ),
+                start_new_session=True,
+            )
+            try:
+                if await talker.wait() != 0:
+                    raise RuntimeError("multicast probe sender failed")
+            finally:
+                _kill_group(talker)
+                await talker.wait()
+            verdict = (await listener.stdout.readline()).strip()
+        if verdict not in (b"passes", b"blocked"):
+            raise RuntimeError(f"multicast probe receiver said {verdict!r}")
+        return verdict == b"passes"
+    finally:
+        _kill_group(listener)
+        async with asyncio.timeout(_COMMAND_TIMEOUT_S):
+            await listener.wait()
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @functools.cache

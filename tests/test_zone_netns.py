@@ -1,0 +1,318 @@
+"""Zones across several "machines": network namespaces on one bridge (tests/netns.py).
+
+One node per namespace, bound to its namespace's address, each a separate process: the main
+too (a script written to tmp_path, since the test process itself is in no namespace). The
+main finds the runners with ``Zone.nodes(main, filter="runner", count=2)``, ships a worker to
+each and prints what it saw as JSON lines; the test drives it through stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import autonomy._node as node_module
+
+from .conftest import RUNNER, Runner, unique
+from .netns import Host, NetnsLab, multicast_passes, netns_available
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(not netns_available(), reason="needs root and ip netns"),
+]
+
+SEED_PORT = 7100
+"""The seed runner's fixed port: safe, the namespace and its address are the test's own."""
+
+MAIN = r'''
+"""The main node of a netns test: configured by the environment, as the launcher does."""
+import asyncio, json, os, sys, time
+
+from autonomy import Node, Zone
+
+
+class Where:
+    """Replies with where it runs (process, network namespace) and whom its node sees."""
+
+    def __init__(self, node):
+        self.node = node  # travels by reference: the runner's own Node on arrival
+
+    async def handle_message(self, context, message):
+        text, count = message.rsplit(" ", 1)  # "<text> <zone members to wait for>"
+        zone = await Zone.nodes(self.node, count=int(count), timeout=15_000)
+        await context.reply(json.dumps({
+            "echo": text,
+            "pid": os.getpid(),
+            "netns": os.stat("/proc/self/ns/net").st_ino,
+            "node": type(self.node).__name__,
+            "zone": [each.name for each in zone],
+        }))
+
+
+def say(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+async def ask_all(remotes, message):
+    replies = {}
+    for remote in remotes:
+        reply = await remote.send_and_receive("where", message, timeout=20_000)
+        replies[remote.name] = json.loads(reply)
+    return replies
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    async with Node() as node:
+        began = time.monotonic()
+        found = await Zone.nodes(node, filter="runner", count=2, timeout=20_000)
+        found_s = time.monotonic() - began
+        for remote in found:
+            async with asyncio.timeout(20):
+                await remote.start_worker("where", Where(remote))
+        say(
+            event="found",
+            main=node.name,
+            found_s=found_s,
+            nodes=[{"name": each.name, "endpoint": each.endpoint} for each in found],
+            replies=await ask_all(found, "hello 3"),
+        )
+        while command := (await stdin.readline()).decode().split():
+            if command[0] == "watch":  # report when the named node leaves the zone
+                name = command[1]
+                members = node._zone_agent.members
+                say(event="watching", name=name)
+                gone = await members.wait_for(
+                    lambda ms: all(m.name != name for m in ms), 20.0
+                )
+                left_at = time.monotonic()
+                rest = await Zone.nodes(node, filter="runner", count=0)
+                say(
+                    event="left" if gone else "stayed",
+                    name=name,
+                    t=left_at,
+                    nodes=[each.name for each in rest],
+                    replies=await ask_all(rest, "still-there 0"),
+                )
+
+
+asyncio.run(main())
+'''
+
+
+class Child:
+    """A process in a namespace, in a session of its own, speaking JSON lines on stdout."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self.output: list[str] = []
+
+    async def read_json(self, timeout_s: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                line = (await self.process.stdout.readline()).decode()
+                if not line:
+                    code = await self.process.wait()
+                    raise AssertionError(f"{self.name} exited with {code}:\n{''.join(self.output)}")
+                self.output.append(line)
+                if line.startswith("{"):
+                    return dict(json.loads(line))
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        async with asyncio.timeout(5):
+            await self.process.stdin.drain()
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def reap(self) -> None:
+        self.kill()
+        async with asyncio.timeout(10):
+            await self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+
+
+async def start_in(host: Host, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Child:
+    process = await asyncio.create_subprocess_exec(
+        *host.command(*argv),
+        cwd=str(cwd),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": "", **env},
+    )
+    return Child(name, process)
+
+
+class Mesh:
+    """The processes of one test: a main in hosts[0], a runner in each other host."""
+
+    def __init__(self, hosts: list[Host], zone: str, cwd: Path) -> None:
+        self.hosts = hosts
+        self.zone = zone
+        self.cwd = cwd
+        self.children: list[Child] = []
+        self.runners: list[Runner] = []
+
+    async def runner(self, host: Host, name: str, bind: str, env: dict[str, str]) -> Runner:
+        argv = [sys.executable, str(RUNNER), "--name", name, "--zone", self.zone, "--bind", bind]
+        child = await start_in(host, name, argv, env, self.cwd)
+        self.children.append(child)
+        info = await child.read_json(20)
+        runner = Runner(name, self.zone, info["endpoint"], child.process.pid, child.process)
+        assert info["pid"] == child.process.pid  # `ip netns exec` execs: one process
+        self.runners.append(runner)
+        self.runners.sort(key=lambda each: each.name)
+        return runner
+
+    async def main(self, env: dict[str, str]) -> Child:
+        script = self.cwd / "main.py"
+        script.write_text(MAIN)
+        host = self.hosts[0]
+        child = await start_in(
+            host,
+            "main",
+            [sys.executable, str(script)],
+            {
+                "AUTONOMY_NODE_NAME": "main",
+                "AUTONOMY_ZONE": self.zone,
+                "AUTONOMY_BIND": host.address,
+                **env,
+            },
+            self.cwd,
+        )
+        self.children.append(child)
+        return child
+
+
+@asynccontextmanager
+async def mesh(tmp_path: Path, *, block_multicast: bool = False) -> AsyncIterator[Mesh]:
+    lab = NetnsLab(3)
+    async with lab as hosts:
+        if block_multicast:
+            # The lab passes multicast; after this, no mDNS packet crosses the bridge.
+            assert await multicast_passes(hosts[1], hosts[0])
+            lab.block_multicast()
+            assert not await multicast_passes(hosts[1], hosts[0])
+            assert not await multicast_passes(hosts[0], hosts[2])
+        state = Mesh(hosts, unique("zone"), tmp_path)
+        try:
+            yield state
+        finally:
+            for child in state.children:
+                child.kill()
+            for child in state.children:
+                await child.reap()
+
+
+def netns_inode(host: Host) -> int:
+    return os.stat(f"/run/netns/{host.name}").st_ino
+
+
+def check_found(found: dict[str, Any], state: Mesh) -> None:
+    """The main found both runners, at their namespaces' addresses; the worker shipped to
+    each ran in that runner's process and namespace, and each runner saw the whole zone."""
+    hosts, runners = state.hosts, state.runners
+    assert found["main"] == "main"
+    assert found["nodes"] == [
+        {"name": runner.name, "endpoint": runner.endpoint} for runner in runners
+    ]
+    for host, runner in zip(hosts[1:], runners, strict=True):
+        assert runner.endpoint.startswith(f"tcp://{host.address}:")
+        reply = found["replies"][runner.name]
+        assert reply == {
+            "echo": "hello",
+            "pid": runner.pid,
+            "netns": netns_inode(host),
+            "node": "Node",
+            "zone": ["main", "runner-1", "runner-2"],
+        }
+    assert len({netns_inode(host) for host in hosts}) == 3
+
+
+async def test_three_namespaces_find_each_other_by_mdns_and_run_workers_across_them(
+    tmp_path: Path,
+) -> None:
+    async with mesh(tmp_path) as state:
+        hosts = state.hosts
+        began = time.monotonic()
+        main = await state.main({})
+        await asyncio.gather(
+            *(state.runner(hosts[i], f"runner-{i}", hosts[i].address, {}) for i in (1, 2))
+        )
+        found = await main.read_json(40)
+        check_found(found, state)
+        print(
+            f"mDNS across namespaces: Zone.nodes answered {found['found_s']:.2f} s after the "
+            f"main started, results {time.monotonic() - began:.2f} s after the first spawn"
+        )
+
+
+async def test_with_multicast_blocked_and_discovery_off_one_seed_peer_finds_all_namespaces(
+    tmp_path: Path,
+) -> None:
+    # NOTE: two locks: AUTONOMY_DISCOVERY=0 on every node, and the bridge forwards no
+    # multicast at all (checked by a probe), so only the seed and gossip can find anyone.
+    async with mesh(tmp_path, block_multicast=True) as state:
+        hosts = state.hosts
+        seed = f"{hosts[1].address}:{SEED_PORT}"
+        off = {"AUTONOMY_DISCOVERY": "0"}
+        began = time.monotonic()
+        main = await state.main({**off, "AUTONOMY_PEERS": seed})
+        await asyncio.gather(
+            state.runner(hosts[1], "runner-1", seed, off),
+            state.runner(hosts[2], "runner-2", hosts[2].address, {**off, "AUTONOMY_PEERS": seed}),
+        )
+        assert state.runners[0].endpoint == f"tcp://{seed}"
+        found = await main.read_json(40)
+        check_found(found, state)
+        print(
+            f"seed peer across namespaces: Zone.nodes answered {found['found_s']:.2f} s after "
+            f"the main started, results {time.monotonic() - began:.2f} s after the first spawn"
+        )
+
+
+async def test_a_runner_killed_in_its_namespace_leaves_the_mains_zone_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    async with mesh(tmp_path) as state:
+        hosts = state.hosts
+        main = await state.main({})
+        await asyncio.gather(
+            *(state.runner(hosts[i], f"runner-{i}", hosts[i].address, {}) for i in (1, 2))
+        )
+        check_found(await main.read_json(40), state)
+        await main.send("watch runner-1")
+        assert (await main.read_json(10))["event"] == "watching"
+        killed_at = time.monotonic()
+        state.runners[0].kill()  # runner-1
+        left = await main.read_json(node_module.PEER_UNREACHABLE_S + 15)
+        # NOTE: CLOCK_MONOTONIC is one clock for every namespace: the main's stamp compares.
+        took = left["t"] - killed_at
+        print(f"a SIGKILLed runner left the main's zone {took:.2f} s after the kill")
+        assert left["event"] == "left"
+        assert left["nodes"] == ["runner-2"]
+        assert left["replies"]["runner-2"]["pid"] == state.runners[1].pid
+        assert took < node_module.PEER_UNREACHABLE_S + 2
