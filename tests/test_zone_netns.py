@@ -153,6 +153,9 @@ class Child:
             self.process.stdin.close()
 
 
+NETNS_SECRET = "copied-by-hand-to-every-machine-0123456789"
+
+
 async def start_in(host: Host, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Child:
     process = await asyncio.create_subprocess_exec(
         *host.command(*argv),
@@ -161,7 +164,15 @@ async def start_in(host: Host, name: str, argv: list[str], env: dict[str, str], 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": "", **env},
+        env={
+            **os.environ,
+            "PYTHONPATH": "",
+            # Each "machine" has its own empty config home: the zone secret (CURVE on, the
+            # default) comes from the environment only, as a user copies it across machines.
+            "XDG_CONFIG_HOME": str(cwd / f"config-{name}"),
+            "AUTONOMY_ZONE_SECRET": NETNS_SECRET,
+            **env,
+        },
     )
     return Child(name, process)
 
@@ -264,6 +275,8 @@ async def test_three_namespaces_find_each_other_by_mdns_and_run_workers_across_t
         )
         found = await main.read_json(40)
         check_found(found, state)
+        # CURVE was on with the secret from the environment alone: no node wrote a file.
+        assert not list(tmp_path.glob("**/*.secret"))
         print(
             f"mDNS across namespaces: Zone.nodes answered {found['found_s']:.2f} s after the "
             f"main started, results {time.monotonic() - began:.2f} s after the first spawn"
