@@ -11,7 +11,7 @@ Only the names below are public; everything under an underscore may change.
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
 from ._errors import AutonomyError as AutonomyError
@@ -40,8 +40,8 @@ from ._worker import Worker as Worker
 from ._zone import Zone as Zone
 
 try:
-    __version__ = version("autonomy")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _metadata.version("autonomy")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -748,9 +748,16 @@ class Node(NodeInterface):
             return
         state = "down" if event == "down" else "refused"
         if peer.state != state:
-            log.warning("peer %s: %s", peer.label, reason)
+            # Loud only when it fails somebody; a connection that drops with nothing in
+            # flight (a node stopping before our hello reached it) is news, not trouble.
+            busy = peer.pending or peer.up_waiters or any(peer.credit_waiters.values())
+            log.log(
+                logging.WARNING if busy or state == "refused" else logging.INFO,
+                "peer %s: %s",
+                peer.label,
+                reason,
+            )
         self._peer_lost(peer, state, PeerUnavailableError(peer.label, reason))
-        peer.reason = reason
         if self._zone_agent is not None:
             self._zone_agent.peer_changed(peer)
 
@@ -758,7 +765,7 @@ class Node(NodeInterface):
         """Fail everything waiting on ``peer``: it is down, refused us, left, or we stop."""
         assert self._loop is not None
         peer.state = state
-        peer.reason = str(error)
+        peer.reason = getattr(error, "reason", None) or str(error)
         peer.since = self._loop.time()
         for future in peer.pending.values():
             if not future.done():
@@ -950,7 +957,9 @@ class Node(NodeInterface):
         self._send_to_dialer(
             ident, encode_result(rid, [self._name, self.zone, self.endpoint, self.instance])
         )
-        if self._zone_agent is not None and endpoint:
+        # Our dialers' routing id is their instance: a hello that claims another node's
+        # instance is answered, but teaches the zone nothing.
+        if self._zone_agent is not None and endpoint and ident == instance.encode():
             self._zone_agent.heard_of(name, endpoint, instance, "hello")
 
     def _on_dialer_bye(self, ident: bytes) -> None:
@@ -961,14 +970,22 @@ class Node(NodeInterface):
             return
         _name, endpoint = known
         peer = self._peers.get(endpoint)
-        if peer is not None and peer.state not in ("gone", "closed"):
+        # Only the node itself may say that it leaves: its dialer's routing id is its instance.
+        if (
+            peer is not None
+            and ident == peer.instance.encode()
+            and peer.state not in ("gone", "closed")
+        ):
             log.info("peer %s left", peer.label)
             self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
             if self._zone_agent is not None:
                 self._zone_agent.peer_changed(peer)
 
     def _on_start(self, ident: bytes, rid: int, name: str, payload: bytes) -> None:
-        check_name(name)
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise WorkerStartError(name, self._name, str(exc)) from exc
         if not self._allow_shipping:
             raise SecurityError(
                 f"node {self._name!r} does not accept shipped workers"

@@ -210,15 +210,24 @@ def check_message(message: object, limit: int, what: str = "message") -> None:
     if type(message) is not str and not isinstance(message, str):
         raise MessageTypeError(f"{what} must be str, got {type(message).__name__}")
     room = limit - ENVELOPE_OVERHEAD
-    # A str of n characters takes at most 4n bytes in UTF-8: encode only when it might not fit.
-    if len(message) * 4 > room:
-        size = len(message.encode("utf-8", "surrogatepass"))
-        if size > room:
-            raise MessageTooLargeError(size, room)
+    if message.isascii():  # C speed; one byte per character
+        if len(message) > room:
+            raise MessageTooLargeError(len(message), room)
+        return
+    try:
+        size = len(message.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A lone surrogate cannot travel as UTF-8: refused here, locally and remotely alike.
+        raise MessageTypeError(
+            f"{what} must be valid UTF-8 text (it has a lone surrogate)"
+        ) from None
+    if size > room:
+        raise MessageTooLargeError(size, room)
 
 
 def check_name(name: object, what: str = "worker name") -> str:
-    """Validate a worker or node name: a non-empty str of at most 255 printable characters.
+    """Validate a worker or node name: a non-empty str of printable characters, at most 255
+    bytes in UTF-8 (so that a frame's envelope stays within ENVELOPE_OVERHEAD).
 
     Raises:
         MessageTypeError: it is not a ``str``.
@@ -228,8 +237,8 @@ def check_name(name: object, what: str = "worker name") -> str:
         raise MessageTypeError(f"{what} must be str, got {type(name).__name__}")
     if not name:
         raise ValueError(f"{what} must not be empty")
-    if len(name) > 255:
-        raise ValueError(f"{what} is {len(name)} characters long, the limit is 255")
+    if len(name) > 63 and len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError(f"{what} is longer than 255 bytes")
     if not name.isprintable():
         raise ValueError(f"{what} {name!r} contains control characters")
     return name

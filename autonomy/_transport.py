@@ -208,9 +208,12 @@ class DealerSocket:
                 # Our peers send single-part frames; anything else is discarded whole.
                 while sock.getsockopt(zmq.RCVMORE):
                     sock.recv(zmq.NOBLOCK)
-                log.warning("discarded a multipart frame from %s", self.endpoint)
+                log.debug("discarded a multipart frame from %s", self.endpoint)
                 continue
-            on_frame(frame)
+            try:
+                on_frame(frame)
+            except Exception:
+                log.exception("error while handling a frame from %s", self.endpoint)
         driven.kick()
 
     def _drain_monitor(self) -> None:
@@ -224,11 +227,19 @@ class DealerSocket:
                 self._on_event("down", "connection lost")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._on_event("refused", "it refused our key: we do not hold its zone's secret")
-            else:
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 self._on_event(
                     "refused",
-                    "the handshake failed: it does not share this zone's secret (another "
-                    "zone, another secret, or one side in plain mode)",
+                    "the handshake failed: one side is in plain mode, or speaks another protocol",
+                )
+            else:
+                # No detail: the peer closed the connection during the handshake. A peer with
+                # other CURVE keys does that, and so does one that is just stopping: "down",
+                # and libzmq keeps retrying.
+                self._on_event(
+                    "down",
+                    "the connection closed during the handshake (does it share this zone's "
+                    "secret?)",
                 )
 
     def send(self, frame: bytes) -> None:
@@ -338,9 +349,14 @@ class Transport:
             if sock.getsockopt(zmq.RCVMORE):
                 while sock.getsockopt(zmq.RCVMORE):
                     sock.recv(zmq.NOBLOCK)
-                log.warning("discarded a multipart frame from dialer %r", ident)
-                continue
-            on_frame(ident, frame)
+                # Our nodes send single-part frames: refuse it as a bad frame (logged once
+                # per dialer by the node).
+                frame = b""
+            try:
+                on_frame(ident, frame)
+            except Exception:
+                # A bug in handling one frame must neither kill the node nor stall the socket.
+                log.exception("error while handling a frame from dialer %r", ident)
         driven.kick()
 
     def router_send(self, ident: bytes, frame: bytes) -> None:

@@ -276,7 +276,7 @@ async def test_three_namespaces_find_each_other_by_mdns_and_run_workers_across_t
         found = await main.read_json(40)
         check_found(found, state)
         # CURVE was on with the secret from the environment alone: no node wrote a file.
-        assert not list(tmp_path.glob("**/*.secret"))
+        assert not list(tmp_path.glob("**/*.secret"))  # noqa: ASYNC240 - a few files
         print(
             f"mDNS across namespaces: Zone.nodes answered {found['found_s']:.2f} s after the "
             f"main started, results {time.monotonic() - began:.2f} s after the first spawn"

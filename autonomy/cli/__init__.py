@@ -56,7 +56,11 @@ def _version() -> str:
 
 
 DESCRIBE_TIMEOUT_S: Final = 5.0
-"""How long ``zone list`` spends finding a zone's nodes to ask for their workers..."""
+"""How long ``zone list`` spends finding a zone's nodes to ask for their workers (a zone
+whose containers are not nodes, say a database, takes that long)..."""
+
+_SETTLE_S: Final = 1.5
+"""...but once one of them answered, only until no other joined for this long..."""
 
 _LIST_TIMEOUT_S: Final = 2.0
 """...and then how long each node found has to answer ``list_workers``."""
@@ -69,8 +73,9 @@ def _describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] |
 
     Asks over the mesh, through the public API only: a temporary node (``cli-<hex>``, bound
     to 127.0.0.1, mDNS discovery on) joins ``zone``, waits until the named nodes are members
-    (``Zone.nodes``), and calls ``list_workers`` on each: bounded by `DESCRIBE_TIMEOUT_S`,
-    then `_LIST_TIMEOUT_S`.
+    (``Zone.nodes``), and calls ``list_workers`` on each. Bounded: `DESCRIBE_TIMEOUT_S` to
+    find them (`_SETTLE_S` after the last one joined, when some are missing: containers that
+    are not nodes), then `_LIST_TIMEOUT_S` for their answers.
 
     Returns ``{node name: [worker names]}``. A node that was not found in time, or did not
     answer, is **omitted** (never shown with an empty list: that would invent data); a node
@@ -135,18 +140,24 @@ async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[s
         try:
             # A guard only: Zone.nodes returns by itself at the deadline, with what it found.
             async with asyncio.timeout_at(deadline + 1.0):
-                while True:
-                    # Zone.nodes waits (on membership changes, not by polling) until the zone
-                    # has as many members as we want; others (another `zone list`) may count
-                    # too, so check the names and ask again until they all came.
-                    remaining_ms = max(1.0, (deadline - loop.time()) * 1000)
-                    members = await Zone.nodes(node, count=len(wanted) + 1, timeout=remaining_ms)
+                seen = 1  # members of the zone at the last look, this node included
+                while loop.time() < deadline:
+                    # Wait (on membership changes, not by polling) for one more member than
+                    # last time: until the first node we want came, at most until the
+                    # deadline; after that, running nodes answer mDNS together, so a quiet
+                    # `_SETTLE_S` means the rest are not nodes (a container may be a database).
+                    budget = deadline - loop.time()
+                    if found:
+                        budget = min(budget, _SETTLE_S)
+                    members = await Zone.nodes(
+                        node, count=seen + 1, timeout=max(1.0, budget * 1000)
+                    )
                     found = {
                         m.name: m for m in members if isinstance(m, RemoteNode) and m.name in wanted
                     }
-                    if len(found) == len(wanted) or loop.time() >= deadline:
+                    if len(found) == len(wanted) or (found and len(members) <= seen):
                         break
-                    await asyncio.sleep(0.05)
+                    seen = len(members)
         except TimeoutError:
             pass
         if len(found) < len(wanted):
@@ -220,7 +231,7 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def _print_zone(state: DeploymentState, out: TextIO) -> None:
+def _print_zone(state: DeploymentState, out: TextIO, *, workers_column: bool = True) -> None:
     supervisor = supervisor_status(state)
     pid = f" (pid {state.supervisor_pid})" if supervisor in ("running", "stopping") else ""
     out.write(
@@ -229,7 +240,7 @@ def _print_zone(state: DeploymentState, out: TextIO) -> None:
     )
     out.write(f"  folder {state.zone_dir}\n  state  {state.dir}\n")
     workers = None
-    if supervisor == "running":
+    if workers_column and supervisor == "running":
         workers = _describe_workers(state.zone, [node.name for node in state.nodes])
     header = ["NODE", "PID", "STATUS", "RESTARTS", "UPTIME"]
     if workers is not None:
@@ -246,7 +257,9 @@ def _print_zone(state: DeploymentState, out: TextIO) -> None:
             _uptime(node.started_at) if running else "-",
         ]
         if workers is not None:
-            row.append(", ".join(workers.get(node.name, [])) or "-")
+            # "-": reached, no workers; "?": not reached over the mesh.
+            names = workers.get(node.name)
+            row.append("?" if names is None else ", ".join(names) or "-")
         rows.append(row)
     _table(rows, out)
 
@@ -313,7 +326,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         state = deploy_detached(
             zone, restart=args.restart, extra_env=_launcher_env(zone), stop_timeout_s=args.timeout
         )
-        _print_zone(state, sys.stdout)
+        _print_zone(state, sys.stdout, workers_column=False)
         failed = [node.name for node in state.nodes if node.state == "failed"]
         if failed:
             logger.warning(
