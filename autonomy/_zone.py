@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError
-from ._protocol import MEMBERS, VERSION, encode
+from ._protocol import MEMBERS, VERSION, check_name, encode
+from ._secret import zone_secret
 
 if TYPE_CHECKING:
     from ._node import Node, _Peer
@@ -308,6 +309,17 @@ class Zone:
 
     def __init__(self) -> None:
         raise TypeError("Zone is not instantiated: call Zone.nodes(node, ...)")
+
+    @staticmethod
+    def secret(zone: str) -> str:
+        """The secret of ``zone`` on this machine, created on first use: copy it into
+        ``AUTONOMY_ZONE_SECRET`` on the other machines of the zone.
+
+        Raises:
+            ConfigError: the secret is invalid or its file cannot be created.
+            SecurityError: its file is readable by other users.
+        """
+        return zone_secret(check_name(zone, "zone"))
 
     @staticmethod
     async def nodes(

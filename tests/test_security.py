@@ -301,3 +301,18 @@ async def test_ten_thousand_hostile_frames_from_a_member_leave_the_node_whole(
     assert [m for m in json.loads(seen) if m.startswith("legit")] == sent_legit
     assert await remote.send_and_receive("echo", "whole", timeout=5000) == "whole"
     assert "RUNNING" in repr(node)
+
+
+async def test_autonomy_zone_secret_prints_the_secret_every_node_of_the_zone_uses(
+    zone: str,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "autonomy", "zone", "secret", "--zone", zone,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await bounded(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip() == zone_secret(zone)
+    from autonomy import Zone
+
+    assert Zone.secret(zone) == zone_secret(zone)

@@ -181,12 +181,12 @@ async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[s
 
 
 def _launcher_env(zone: ZoneFile) -> dict[str, str]:
-    """Hook for ``zone deploy``: environment the launcher itself gives every node of a zone.
+    """Environment the launcher itself gives every node of a zone: the zone's secret.
 
-    Empty for now; the zone's secret goes here. It wins over the containers' ``env`` and, in
-    detached mode, reaches the supervisor through a pipe, never the disk.
+    It wins over the containers' ``env`` and, in detached mode, reaches the supervisor
+    through a pipe, never the disk.
     """
-    return {}
+    return {"AUTONOMY_ZONE_SECRET": Zone.secret(zone.name)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,6 +388,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"zone {zone}: not deployed in the background")
             continue
         _print_zone(state, sys.stdout)
+    return 0
+
+
+def _cmd_secret(args: argparse.Namespace) -> int:
+    name = args.zone
+    if name is None:
+        name = load_zone(args.dir or ".", check_images=False).name
+    print(Zone.secret(name))
     return 0
 
 
@@ -604,6 +612,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_verbosity(delete, default=False)
     delete.set_defaults(func=_cmd_delete)
+
+    secret = actions.add_parser(
+        "secret",
+        help="print the zone's secret (created on first use)",
+        description="Print the secret of a zone, creating it on first use. Every node of "
+        "the zone needs it: on this machine they find it on their own; on another machine, "
+        "set AUTONOMY_ZONE_SECRET to it.\n\n"
+        "  autonomy zone secret --zone distribute\n"
+        "  AUTONOMY_ZONE_SECRET=$(autonomy zone secret) python main.py",
+        formatter_class=formatter,
+    )
+    secret.add_argument(
+        "dir", metavar="DIR", nargs="?", help="the zone's folder (default: the current one)"
+    )
+    _add_zone_options(secret)
+    _add_verbosity(secret, default=False)
+    secret.set_defaults(func=_cmd_secret)
     return parser
 
 
