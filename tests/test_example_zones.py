@@ -298,3 +298,46 @@ async def test_zone_list_shows_the_workers_of_each_node(
         assert row[2] == "running", out
         assert row[-1] == ("probe-echoer" if name == "runner-pod-2-runner" else "-"), out
     assert took < 10, f"zone list took {took:.1f} s"
+
+
+async def test_the_readme_demo_runs_the_distribute_zone_in_the_foreground_and_exits(
+    tmp_path: Path,
+) -> None:
+    """The README's main demo: `autonomy zone deploy examples/distribute --exit-with main`."""
+    name = f"distribute-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / name
+    shutil.copytree(EXAMPLES / "distribute", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    zone_file = folder / "autonomy.yaml"
+    zone_file.write_text(re.sub(r"^name: .*$", f"name: {name}", zone_file.read_text(), flags=re.M))
+    env = {**os.environ, "AUTONOMY_STATE_DIR": str(tmp_path / "state")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "autonomy", "zone", "deploy", str(folder), "--exit-with", "main",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env, start_new_session=True,
+    )
+    try:
+        out, err = await bounded(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, 9)
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    assert "main-pod-main       | Processed 4 chunks across 5 runners" in out.decode()
+    assert f"zone {name} stopped" in err.decode()
+    assert not _launch_marked_by_zone(name)
+
+
+def _launch_marked_by_zone(zone: str) -> list[int]:
+    """Processes still running with AUTONOMY_ZONE=zone in their environment."""
+    marker = f"AUTONOMY_ZONE={zone}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found

@@ -342,8 +342,16 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         )
         return 0
     result = deploy_foreground(
-        zone, restart=args.restart, extra_env=_launcher_env(zone), stop_timeout_s=args.timeout
+        zone,
+        restart=args.restart,
+        extra_env=_launcher_env(zone),
+        stop_timeout_s=args.timeout,
+        exit_with=args.exit_with,
     )
+    if result.exit_node is not None and result.exit_node[1] != 0:
+        name, code = result.exit_node
+        print(f"autonomy: error: {name} exited with status {code}", file=sys.stderr)
+        return 1
     if result.failures:
         name, what = result.failures[0]
         more = f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else ""
@@ -528,6 +536,13 @@ def _parser() -> argparse.ArgumentParser:
         "--detach",
         action="store_true",
         help="run in the background; see `logs`, `list` and `delete`",
+    )
+    deploy.add_argument(
+        "--exit-with",
+        metavar="NODE",
+        help="(foreground) let NODE return when its main does, and stop the zone when it "
+        "exits, with its success or failure: for demos and batch jobs (NODE may be a "
+        "part of the name, e.g. main)",
     )
     deploy.add_argument(
         "--restart",

@@ -383,9 +383,13 @@ class RunResult:
     """(node name, what happened) of each node that failed, first failure first."""
     interrupted: bool = False
     """Whether the run ended because it was asked to stop."""
+    exit_node: tuple[str, int] | None = None
+    """With ``exit_with``: the node whose exit ended the run, and its return code."""
 
     @property
     def exit_code(self) -> int:
+        if self.exit_node is not None:
+            return 0 if self.exit_node[1] == 0 else 1
         return 1 if self.failures else 0
 
 
@@ -451,10 +455,13 @@ class Supervisor:
         launch_id: str | None = None,
         on_change: Callable[[], None] | None = None,
         zone: str = "",
+        exit_with: str | None = None,
     ) -> None:
         if (output is None) == (log_dir is None):
             raise ValueError("give exactly one of output and log_dir")
         self.zone = zone
+        self.exit_with = exit_with
+        """A node name: when that node exits, the whole zone stops (a demo, a batch job)."""
         self.restart = restart
         self.stop_timeout_s = stop_timeout_s
         self.launch_id = launch_id or _launch_id_of(specs)
@@ -662,6 +669,15 @@ class Supervisor:
             child.transport = None
             record.returncode = returncode
             what = describe_exit(returncode)
+            if record.name == self.exit_with and not self._stopping:
+                record.state = "exited" if returncode == 0 else "failed"
+                self._result.exit_node = (record.name, returncode)
+                (logger.info if returncode == 0 else logger.warning)(
+                    "%s %s: stopping the zone", record.name, what
+                )
+                self._changed()
+                self.request_stop()
+                return
             if self._stopping:
                 record.state = "stopped"
                 logger.info("%s %s", record.name, what)
@@ -776,11 +792,17 @@ def deploy_foreground(
     extra_env: Mapping[str, str] | None = None,
     stop_timeout_s: float = STOP_TIMEOUT_S,
     output: TextIO | None = None,
+    exit_with: str | None = None,
 ) -> RunResult:
     """Run a zone here until every process has ended or a signal stops them all.
 
+    With ``exit_with`` (a node name, or a part of one naming exactly one node), that node
+    returns once its ``main`` does (AUTONOMY_WAIT_UNTIL_INTERRUPTED=0), and its exit stops
+    the zone: the run's exit code is then 0 if it succeeded.
+
     Raises:
-        LaunchError: the zone is already running detached.
+        LaunchError: the zone is already running detached, or ``exit_with`` names no node
+            (or several).
     """
     existing = load_state(zone.name)
     if existing is not None and existing.is_active():
@@ -790,6 +812,22 @@ def deploy_foreground(
         )
     launch_id = secrets.token_hex(8)
     specs = plan(zone, extra_env=extra_env, launch_id=launch_id)
+    exit_name = None
+    if exit_with is not None:
+        named = [s.name for s in specs if s.name == exit_with] or [
+            s.name for s in specs if exit_with in s.name
+        ]
+        if len(named) != 1:
+            raise LaunchError(
+                f"--exit-with {exit_with!r} must name one node of {[s.name for s in specs]}"
+            )
+        exit_name = named[0]
+        specs = [
+            dataclasses.replace(s, env={**s.env, "AUTONOMY_WAIT_UNTIL_INTERRUPTED": "0"})
+            if s.name == exit_name
+            else s
+            for s in specs
+        ]
     supervisor = Supervisor(
         specs,
         restart=restart,
@@ -797,6 +835,7 @@ def deploy_foreground(
         stop_timeout_s=stop_timeout_s,
         launch_id=launch_id,
         zone=zone.name,
+        exit_with=exit_name,
     )
     logger.info(
         "deploying zone %s from %s: %d node(s); Ctrl-C stops it", zone.name, zone.dir, len(specs)
