@@ -747,6 +747,8 @@ class Node(NodeInterface):
         if event == "down" and peer.state in ("gone", "closed", "refused"):
             return
         state = "down" if event == "down" else "refused"
+        if state == peer.state == "down" and "handshake" in peer.reason:
+            reason = peer.reason  # "connection lost" after a failed handshake says less
         if peer.state != state:
             # Loud only when it fails somebody; a connection that drops with nothing in
             # flight (a node stopping before our hello reached it) is news, not trouble.
