@@ -451,7 +451,6 @@ class _ZapHandler:
             sock.send_multipart(
                 [route, b"", version, request_id, status, text, b"", b""], zmq.NOBLOCK
             )
-        driven.kick()
 
     def _log_refusal(self, address: bytes, mechanism: bytes) -> None:
         count = self._refused.get(address, 0) + 1

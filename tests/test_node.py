@@ -239,3 +239,14 @@ async def test_node_start_inside_a_running_loop_says_what_to_do_instead() -> Non
 
     with pytest.raises(RuntimeError, match="async with Node"):
         Node.start(main)
+
+
+async def test_an_idle_secure_node_does_not_spin(node: Node) -> None:
+    """Regression: a ZAP handler that re-armed itself after every drain burned a core."""
+    import time
+
+    assert node.secure
+    before = time.process_time()
+    await asyncio.sleep(0.5)  # idling is the behaviour under test
+    # NOTE: a spinning loop uses the whole 0.5 s of CPU; an idle node next to nothing.
+    assert time.process_time() - before < 0.2

@@ -1,0 +1,336 @@
+"""The workloads, each written twice: through autonomy ("ours") and on raw pyzmq ("raw").
+
+A sample runs for a fixed time, then lets what is in flight finish: throughput is completed
+requests (or delivered one-way messages, as counted by the receiver) over the elapsed time;
+latency is the distribution of single round trips. Both sides of a case run on the same loop
+in the same process, against runner processes of the same kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from autonomy import Node, RemoteNode
+
+from ._rawzmq import RawPeer
+from ._runner import COUNT_QUERY
+
+LOCAL_INFLIGHT: Final = 100
+REMOTE_INFLIGHT: Final = 1000
+FANOUT: Final = (1, 2, 4)
+PAYLOADS: Final = (100, 10 * 1024)
+TIMEOUT_MS: Final = 10_000
+"""Every request of ours carries a timeout, as real code does (a timer per request)."""
+
+Sample = dict[str, Any]
+Call = Callable[[], Awaitable[Any]]
+
+
+def payload_label(size: int) -> str:
+    return f"{size // 1024}KB" if size >= 1024 and size % 1024 == 0 else f"{size}B"
+
+
+class BareEcho:
+    """The local baseline: an asyncio queue, one task draining it, a future per request."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, asyncio.Future[str]]] = asyncio.Queue()
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        queue = self.queue
+        while True:
+            message, future = await queue.get()
+            if not future.done():
+                future.set_result(message)
+
+    async def request(self, message: str) -> str:
+        future: asyncio.Future[str] = self._loop.create_future()
+        self.queue.put_nowait((message, future))
+        return await future
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@dataclass
+class Side:
+    """The far ends of the remote cases for one security mode (plain, or CURVE)."""
+
+    remotes: list[RemoteNode]
+    """Our runner nodes, as seen from our main node of the same mode."""
+    raw: list[RawPeer]
+    """One DEALER per raw runner for request/reply (no SNDHWM)."""
+    raw_one_way: RawPeer
+    """A DEALER to the first raw runner with SNDHWM, for one-way floods and their count."""
+
+
+@dataclass
+class Bench:
+    """Everything a case needs: our node with its local echo, the runners, the baselines.
+
+    One security mode at a time: the runners, the raw peers and our node are all plain, or
+    all CURVE (a case's ``params["secure"]`` says which it needs)."""
+
+    node: Node
+    bare: BareEcho
+    far: Side
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    """``local_1``, ``remote_pipelined``...; the key adds the payload: ``local_1_100B``."""
+    title: str
+    metric: str
+    """``throughput`` (per second) or ``latency`` (µs, p50 and p99)."""
+    payload: int
+    ours: Callable[[Bench, int, float], Awaitable[Sample]]
+    raw: Callable[[Bench, int, float], Awaitable[Sample]]
+    unit: str = "req/s"
+    notes: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}_{payload_label(self.payload)}"
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+async def measure_throughput(calls: Sequence[Call], seconds: float) -> Sample:
+    """Run one loop per call (``len(calls)`` in flight) until the deadline, then drain."""
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + seconds
+
+    async def slot(call: Call) -> int:
+        done = 0
+        while clock() < deadline:
+            await call()
+            done += 1
+        return done
+
+    counts = await asyncio.gather(*(slot(call) for call in calls))
+    elapsed = clock() - start
+    total = sum(counts)
+    return {"rate": total / elapsed, "count": total, "seconds": round(elapsed, 4)}
+
+
+async def measure_latency(call: Call, seconds: float) -> Sample:
+    """Round trips one at a time until the deadline: p50 and p99 in µs."""
+    clock = time.perf_counter_ns
+    deadline = clock() + int(seconds * 1e9)
+    latencies: list[int] = []
+    append = latencies.append
+    while True:
+        before = clock()
+        await call()
+        after = clock()
+        append(after - before)
+        if after >= deadline:
+            break
+    latencies.sort()
+    n = len(latencies)
+
+    def pct(q: float) -> float:
+        return latencies[min(n - 1, int(n * q / 100))] / 1000
+
+    return {"p50_us": pct(50), "p99_us": pct(99), "mean_us": sum(latencies) / n / 1000, "count": n}
+
+
+def _message(size: int) -> str:
+    return "x" * size
+
+
+def _raw_payload(size: int) -> bytes:
+    return b"x" * size
+
+
+# -- local send_and_receive --------------------------------------------------------------------
+
+
+def _local(
+    inflight: int,
+) -> tuple[Callable[..., Awaitable[Sample]], Callable[..., Awaitable[Sample]]]:
+    async def ours(bench: Bench, size: int, seconds: float) -> Sample:
+        call = functools.partial(bench.node.send_and_receive, "echo", _message(size), TIMEOUT_MS)
+        return await measure_throughput([call] * inflight, seconds)
+
+    async def raw(bench: Bench, size: int, seconds: float) -> Sample:
+        call = functools.partial(bench.bare.request, _message(size))
+        return await measure_throughput([call] * inflight, seconds)
+
+    return ours, raw
+
+
+# -- remote one-way ------------------------------------------------------------------------------
+
+Fn = Callable[[Bench, int, float], Awaitable[Sample]]
+
+
+def _one_way() -> tuple[Fn, Fn]:
+    async def ours(bench: Bench, size: int, seconds: float) -> Sample:
+        runner = bench.far.remotes[0]
+        message = _message(size)
+        send = runner.send_message
+        clock = time.perf_counter
+        before = int(await runner.send_and_receive("sink", COUNT_QUERY, TIMEOUT_MS))
+        start = clock()
+        deadline = start + seconds
+        sent = 0
+        while True:
+            for _ in range(64):
+                await send("sink", message, TIMEOUT_MS)
+            sent += 64
+            if clock() >= deadline:
+                break
+        # Behind every one-way message in FIFO order: the count includes all delivered ones.
+        after = int(await runner.send_and_receive("sink", COUNT_QUERY, 60_000))
+        return _delivered(sent, after - before, clock() - start)
+
+    async def raw(bench: Bench, size: int, seconds: float) -> Sample:
+        peer = bench.far.raw_one_way
+        frame = _raw_payload(size)
+        clock = time.perf_counter
+        before = await peer.count()
+        start = clock()
+        sent = await peer.flood(frame, start + seconds)
+        after = await peer.count()
+        return _delivered(sent, after - before, clock() - start)
+
+    return ours, raw
+
+
+def _delivered(sent: int, delivered: int, elapsed: float) -> Sample:
+    return {
+        "rate": delivered / elapsed,
+        "count": delivered,
+        "sent": sent,
+        "lost": sent - delivered,
+        "seconds": round(elapsed, 4),
+    }
+
+
+# -- remote request/reply ------------------------------------------------------------------------
+
+
+def _rtt() -> tuple[Fn, Fn]:
+    async def ours(bench: Bench, size: int, seconds: float) -> Sample:
+        runner = bench.far.remotes[0]
+        call = functools.partial(runner.send_and_receive, "echo", _message(size), TIMEOUT_MS)
+        return await measure_latency(call, seconds)
+
+    async def raw(bench: Bench, size: int, seconds: float) -> Sample:
+        call = functools.partial(bench.far.raw[0].request, _raw_payload(size))
+        return await measure_latency(call, seconds)
+
+    return ours, raw
+
+
+def _pipelined(runners: int) -> tuple[Fn, Fn]:
+    async def ours(bench: Bench, size: int, seconds: float) -> Sample:
+        remotes = bench.far.remotes
+        message = _message(size)
+        calls = [
+            functools.partial(remotes[slot % runners].send_and_receive, "echo", message, TIMEOUT_MS)
+            for slot in range(REMOTE_INFLIGHT)
+        ]
+        return await measure_throughput(calls, seconds)
+
+    async def raw(bench: Bench, size: int, seconds: float) -> Sample:
+        peers = bench.far.raw
+        payload = _raw_payload(size)
+        calls = [
+            functools.partial(peers[slot % runners].request, payload)
+            for slot in range(REMOTE_INFLIGHT)
+        ]
+        return await measure_throughput(calls, seconds)
+
+    return ours, raw
+
+
+def all_cases(curve: bool = True) -> list[Case]:
+    """Every case at every payload, in the order they run (``curve``: with the CURVE ones)."""
+    queue_note = "raw = asyncio.Queue + a future per request, one process"
+    echo_note = "raw = loop-driven DEALER/ROUTER echo, future + request-id dict"
+    cases: list[Case] = []
+    for size in PAYLOADS:
+        label = payload_label(size)
+        for inflight in (1, LOCAL_INFLIGHT):
+            ours, raw = _local(inflight)
+            what = f"local send_and_receive, {inflight} in flight, {label}"
+            params = {"inflight": inflight}
+            cases.append(
+                Case(
+                    f"local_{inflight}",
+                    what,
+                    "throughput",
+                    size,
+                    ours,
+                    raw,
+                    "req/s",
+                    queue_note,
+                    params,
+                )
+            )
+        for secure in (False, True) if curve else (False,):
+            prefix, mode = ("curve", "CURVE") if secure else ("remote", "plain")
+            params = {"secure": secure}
+            ours, raw = _one_way()
+            what = f"remote send_message one-way, {mode}, {label}"
+            note = (
+                "delivered messages as counted by the runner / time until it counted them;"
+                " raw = DEALER->ROUTER bounded by SNDHWM/RCVHWM 1000"
+            )
+            cases.append(
+                Case(f"{prefix}_oneway", what, "throughput", size, ours, raw, "msg/s", note, params)
+            )
+            ours, raw = _rtt()
+            what = f"remote send_and_receive, one at a time, {mode}, {label}"
+            note = "raw = DEALER/ROUTER echo, future per request"
+            cases.append(
+                Case(f"{prefix}_rtt", what, "latency", size, ours, raw, "us", note, params)
+            )
+            ours, raw = _pipelined(1)
+            what = f"remote send_and_receive, {REMOTE_INFLIGHT} in flight, {mode}, {label}"
+            params = {"secure": secure, "inflight": REMOTE_INFLIGHT, "runners": 1}
+            cases.append(
+                Case(
+                    f"{prefix}_pipelined",
+                    what,
+                    "throughput",
+                    size,
+                    ours,
+                    raw,
+                    "req/s",
+                    echo_note,
+                    params,
+                )
+            )
+        for runners in FANOUT[1:]:
+            ours, raw = _pipelined(runners)
+            what = f"fan-out to {runners} runners, {REMOTE_INFLIGHT} in flight round-robin, {label}"
+            params = {"secure": False, "inflight": REMOTE_INFLIGHT, "runners": runners}
+            cases.append(
+                Case(
+                    f"fanout_{runners}",
+                    what,
+                    "throughput",
+                    size,
+                    ours,
+                    raw,
+                    "req/s",
+                    echo_note,
+                    params,
+                )
+            )
+    return cases

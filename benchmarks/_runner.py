@@ -1,0 +1,138 @@
+"""The process on the far side of the remote cases: an autonomy node or a raw pyzmq server.
+
+    python -m benchmarks._runner --mode ours|raw [--secure] [--no-uvloop]
+
+Binds ``tcp://127.0.0.1:*``, prints one JSON line ``{"endpoint": ..., "pid": ...}`` on
+stdout, then serves until its stdin closes or it gets SIGTERM. ``--secure``: our node in its
+default CURVE mode (zone and secret from ``AUTONOMY_ZONE``/``AUTONOMY_ZONE_SECRET``), or the
+raw ROUTER as a CURVE server (secret key from ``BENCH_RAW_CURVE_SECRET``); without it both
+are plain. mDNS stays off (``discovery=False``). In ``ours`` mode the node runs
+three workers of its own: ``echo`` (replies with the message), ``sink`` (counts one-way
+messages; answers ``"?"`` with the count) and ``slow`` (sleeps 1 ms per message, for the
+memory flood). Starting them here rather than shipping them keeps cloudpickle out of the
+measurement; shipping itself is exercised by the smoke run (``start_worker`` of a probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from autonomy import Context, Node
+
+from ._common import loop_factory
+from ._rawzmq import RawServer
+
+COUNT_QUERY = "?"
+"""Sent with ``send_and_receive`` to a counting worker: the reply is how many it counted."""
+
+
+class Echo:
+    async def handle_message(self, context: Context, message: str) -> None:
+        await context.reply(message)
+
+
+class Sink:
+    """Counts one-way messages; a ``"?"`` request (behind them in FIFO order) reads the count."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def handle_message(self, context: Context, message: str) -> None:
+        if message == COUNT_QUERY:
+            await context.reply(str(self.n))
+        else:
+            self.n += 1
+
+
+class Slow:
+    """Handles at most about 1,000 messages a second: the worker a flood must not drown."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def handle_message(self, context: Context, message: str) -> None:
+        if message == COUNT_QUERY:
+            await context.reply(str(self.n))
+            return
+        await asyncio.sleep(0.001)
+        self.n += 1
+
+
+def _stop_on_stdin_close_or_sigterm(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+
+    def on_stdin() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    loop.add_reader(fd, on_stdin)
+
+
+def _hello(endpoint: str, mode: str, secure: bool) -> None:
+    hello = {"endpoint": endpoint, "pid": os.getpid(), "mode": mode, "secure": secure}
+    print(json.dumps(hello), flush=True)
+
+
+async def serve_ours(secure: bool) -> None:
+    stop = asyncio.Event()
+    _stop_on_stdin_close_or_sigterm(stop)
+    node = Node(
+        name=f"runner-{os.getpid()}",
+        bind="127.0.0.1",
+        secure=secure,
+        discovery=False,
+        allow_shipping=True,  # plain mode refuses shipped code unless told (loopback only)
+    )
+    async with node:
+        await node.start_worker("echo", Echo())
+        await node.start_worker("sink", Sink())
+        await node.start_worker("slow", Slow())
+        _hello(node.endpoint, "ours", secure)
+        await stop.wait()
+
+
+async def serve_raw(secure: bool) -> None:
+    import zmq
+
+    stop = asyncio.Event()
+    _stop_on_stdin_close_or_sigterm(stop)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+    curve_secret = os.environ["BENCH_RAW_CURVE_SECRET"].encode() if secure else None
+    server = RawServer(context, "tcp://127.0.0.1:*", curve_secret)
+    try:
+        _hello(server.endpoint, "raw", secure)
+        await stop.wait()
+    finally:
+        server.close()
+        context.term()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["ours", "raw"], required=True)
+    parser.add_argument("--secure", action="store_true", help="CURVE (ours: the default mode)")
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args()
+    factory, _ = loop_factory(not args.no_uvloop)
+    serve = serve_ours if args.mode == "ours" else serve_raw
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.secure))
+
+
+if __name__ == "__main__":
+    main()

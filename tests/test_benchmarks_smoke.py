@@ -1,0 +1,62 @@
+"""The benchmark command keeps working: `python -m benchmarks --quick` runs to the end.
+
+A smoke test only: no performance threshold (CI machines are noisy), just that the command
+exits 0, writes its JSON and PNG, and prints a JSON summary of ratios as its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE_S = 120
+
+
+@pytest.mark.timeout(DEADLINE_S + 30)
+async def test_quick_benchmark_writes_json_and_png_and_prints_a_summary(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--out",
+        str(tmp_path),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), DEADLINE_S)
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()[-4000:]
+    check_outputs(tmp_path, stdout.decode())
+
+
+def check_outputs(out: Path, stdout: str) -> None:
+    """One JSON and one PNG in ``out``; the last stdout line is the JSON's summary."""
+    json_files = list(out.glob("bench-*.json"))
+    png_files = list(out.glob("bench-*.png"))
+    assert len(json_files) == 1
+    assert len(png_files) == 1
+    assert png_files[0].stat().st_size > 0
+
+    result = json.loads(json_files[0].read_text())
+    assert {"machine", "params", "cases", "memory", "summary"} <= result.keys()
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary == result["summary"]
+    assert summary, "the summary names at least one case"
+    assert all(isinstance(ratio, float | int) for ratio in summary.values())
