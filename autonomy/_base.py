@@ -29,7 +29,9 @@ def timeout_seconds(timeout: object, what: str = "timeout") -> float:
         MessageTypeError: it is not a number.
         ValueError: it is not a positive, finite number.
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    if type(timeout) is int and timeout > 0:  # the common case, first
+        return timeout / 1000.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise MessageTypeError(f"{what} must be a number of milliseconds, got {timeout!r}")
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"{what} must be a positive number of milliseconds, got {timeout!r}")

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._base import NodeInterface, check_worker
+from ._deadlines import Deadlines
 from ._errors import (
     AutonomyError,
     MailboxFullError,
@@ -105,11 +106,6 @@ class NodeState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-def _expire(future: asyncio.Future[Any], worker: str, timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(ReplyTimeoutError(worker, timeout_s * 1000))
 
 
 def bind_address(bind: str | None) -> str:
@@ -266,6 +262,7 @@ class Node(NodeInterface):
         self._transport: Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
+        self._deadlines: Deadlines
 
     # -- identity and state -------------------------------------------------------------
 
@@ -307,6 +304,7 @@ class Node(NodeInterface):
         if self._state is not NodeState.NEW:
             raise NodeClosedError(f"node {self._name!r} was already started")
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         self._stopped = asyncio.Event()
         keys = None
         if self.secure:
@@ -380,6 +378,7 @@ class Node(NodeInterface):
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
             transport.close()
+            self._deadlines.close()
         finally:
             self._zone_agent = None
             self._state = NodeState.STOPPED
@@ -523,11 +522,11 @@ class Node(NodeInterface):
         assert loop is not None
         future: asyncio.Future[str] = loop.create_future()
         mailbox.put_nowait(message, future)
-        timer = loop.call_at(loop.time() + timeout_s, _expire, future, name, timeout_s)
+        entry = self._deadlines.add(loop.time() + timeout_s, future, name, timeout_s)
         try:
             return await future
         finally:
-            timer.cancel()
+            self._deadlines.discard(entry)
 
     # -- peers we dial --------------------------------------------------------------------
 
@@ -652,11 +651,11 @@ class Node(NodeInterface):
         try:
             assert peer.dealer is not None
             peer.dealer.send(frame)
-            timer = loop.call_at(deadline, _expire, future, worker, timeout_s)
+            entry = self._deadlines.add(deadline, future, worker, timeout_s)
             try:
                 return await future
             finally:
-                timer.cancel()
+                self._deadlines.discard(entry)
         finally:
             del peer.pending[rid]
             if peer.slot_waiters:
