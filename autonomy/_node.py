@@ -52,14 +52,16 @@ from ._protocol import (
     SEND,
     START,
     STOP,
+    check_frame,
     check_name,
-    decode,
     encode,
     encode_error,
     encode_result,
     encode_send,
     error_from_wire,
+    request_id_in,
     request_id_of,
+    split,
 )
 from ._remote import RemoteNode
 from ._secret import derive_seeds, zone_secret
@@ -319,7 +321,7 @@ class Node(NodeInterface):
         transport = Transport(
             identity=self.instance.encode(),
             max_frame_bytes=self._max_frame_bytes,
-            on_router_frame=self._on_router_frame,
+            on_router_frame=self._on_router_message,
             keys=keys,
             zap_domain=self.zone,
         )
@@ -599,7 +601,7 @@ class Node(NodeInterface):
         peer.remote = RemoteNode(self, peer)
         peer.dealer = transport.dial(
             endpoint,
-            lambda data: self._on_peer_frame(peer, data),
+            lambda data: self._on_peer_message(peer, data),
             lambda event, reason: self._on_peer_event(peer, event, reason),
         )
         self._peers[endpoint] = peer
@@ -784,12 +786,19 @@ class Node(NodeInterface):
         # Windows restart from zero: a restarted peer has fresh mailboxes.
         peer.credit.clear()
 
-    def _on_peer_frame(self, peer: _Peer, data: bytes) -> None:
-        try:
-            frame = decode(data, self._max_frame_bytes)
-        except ProtocolError as exc:
-            log.warning("bad frame from peer %s: %s", peer.label, exc)
-            return
+    def _on_peer_message(self, peer: _Peer, data: bytes) -> None:
+        frames, error = split(data, self._max_frame_bytes)
+        for each in frames:
+            try:
+                frame = check_frame(each)
+            except ProtocolError as exc:
+                log.warning("bad frame from peer %s: %s", peer.label, exc)
+                continue
+            self._on_peer_frame(peer, frame)
+        if error is not None:
+            log.warning("bad frame from peer %s: %s", peer.label, error)
+
+    def _on_peer_frame(self, peer: _Peer, frame: list[Any]) -> None:
         kind = frame[1]
         if kind in (REPLY, RESULT):
             future = peer.pending.get(frame[2])
@@ -845,15 +854,27 @@ class Node(NodeInterface):
             # The caller is gone (it died or stopped): nobody is left to tell.
             log.debug("cannot answer dialer %r: %s", ident, exc)
 
-    def _on_router_frame(self, ident: bytes, data: bytes) -> None:
-        try:
-            frame = decode(data, self._max_frame_bytes)
-        except ProtocolError as exc:
-            self._bad_frame(ident, data, exc)
-            return
+    def _on_router_message(self, ident: bytes, data: bytes) -> None:
+        frames, error = split(data, self._max_frame_bytes)
+        logged = False  # the log counts bad messages, not the frames in them
+        for each in frames:
+            try:
+                frame = check_frame(each)
+            except ProtocolError as exc:
+                self._bad_frame(ident, request_id_in(each), exc, log_it=not logged)
+                logged = True
+                continue
+            self._on_router_frame(ident, frame)
+        if error is not None:
+            # Over the limit (under libzmq's cut at twice the limit) a whole request may
+            # still name its id: answer it.
+            rid = request_id_of(data) if not frames else None
+            self._bad_frame(ident, rid, error, log_it=not logged)
+
+    def _on_router_frame(self, ident: bytes, frame: list[Any]) -> None:
         kind = frame[1]
         if self._state is not NodeState.RUNNING:
-            rid = request_id_of(data)
+            rid = request_id_in(frame)
             if rid:
                 self._send_to_dialer(ident, encode_error(rid, NodeClosedError("node stopping")))
             return
@@ -892,17 +913,23 @@ class Node(NodeInterface):
             else:
                 raise ProtocolError(f"a dialer may not send frames of kind {kind}")
         except AutonomyError as exc:
-            rid = request_id_of(data)
+            rid = request_id_in(frame)
             if isinstance(exc, ProtocolError):
-                self._bad_frame(ident, data, exc)
+                self._bad_frame(ident, rid, exc)
             elif rid:
                 self._send_to_dialer(ident, encode_error(rid, exc))
             elif kind == SEND:
                 self._send_to_dialer(ident, encode_error(0, exc))
 
-    def _bad_frame(self, ident: bytes, data: bytes, exc: ProtocolError) -> None:
+    def _bad_frame(
+        self, ident: bytes, rid: int | None, exc: ProtocolError, *, log_it: bool = True
+    ) -> None:
         # Logged once per dialer at WARNING, then at DEBUG with a count: a misbehaving or
         # hostile dialer cannot flood the log.
+        if rid:
+            self._send_to_dialer(ident, encode_error(rid, exc))
+        if not log_it:
+            return
         count = self._bad_frames.get(ident, 0) + 1
         if len(self._bad_frames) > 1000:
             self._bad_frames.clear()
@@ -913,9 +940,6 @@ class Node(NodeInterface):
             log.warning("refused %d bad frames from dialer %r so far", count, ident)
         else:
             log.debug("refused a bad frame from dialer %r: %s", ident, exc)
-        rid = request_id_of(data)
-        if rid:
-            self._send_to_dialer(ident, encode_error(rid, exc))
 
     def _on_send(self, ident: bytes, worker: str, message: str, rid: int) -> None:
         mailbox = self._workers.get(worker)

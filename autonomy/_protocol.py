@@ -1,7 +1,8 @@
 """Wire format: frames <-> bytes, the protocol version, size limits and error codes.
 
 No sockets and no event loop here: every function is a pure function of bytes, tested with
-bytes. A frame is one ZeroMQ message holding a msgpack array ``[version, kind, *fields]``.
+bytes. A frame is a msgpack array ``[version, kind, *fields]``; a ZeroMQ message holds one
+frame, or several back to back (a sender coalesces what it sends to one peer in one loop turn).
 Arrays rather than maps keep the envelope small and cheap to build (DESIGN.md, performance).
 
 Frames (``rid`` is the sender's request id, an unsigned int):
@@ -112,6 +113,7 @@ _SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     MEMBERS: (int,),
 }
 
+
 def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
 
@@ -152,15 +154,51 @@ def decode(data: bytes, limit: int = MAX_FRAME_BYTES) -> list[Any]:
     """Decode and validate one frame; returns ``[version, kind, *fields]``.
 
     Raises:
-        ProtocolError: the bytes are over ``limit``, not msgpack, not a frame of this
-            version, of an unknown kind, or with fields of the wrong number or type.
+        ProtocolError: the bytes are over ``limit``, not msgpack, not exactly one frame of
+            this version, of an unknown kind, or with fields of the wrong number or type.
+    """
+    frames, error = split(data, limit)
+    if error is not None:
+        raise error
+    if len(frames) != 1:
+        raise ProtocolError(f"expected one frame, got {len(frames)}")
+    return check_frame(frames[0])
+
+
+def split(data: bytes, limit: int = MAX_FRAME_BYTES) -> tuple[list[Any], ProtocolError | None]:
+    """The msgpack objects of one ZeroMQ message, not validated yet.
+
+    A message holds one frame, or several back to back: a sender coalesces the frames it
+    sends to one peer in one loop turn (one ZeroMQ send instead of many). Returns the
+    objects that parsed, and the error that stopped parsing, if any.
     """
     if len(data) > limit:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {limit} bytes")
+        return [], ProtocolError(f"message of {len(data)} bytes exceeds the limit of {limit}")
     try:
-        frame = _unpackb(data)
+        return [_unpackb(data)], None  # one frame: the common case, one C call
+    except msgpack.ExtraData as extra:
+        frames = [extra.unpacked]
+        rest = extra.extra
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
+        return [], ProtocolError(f"frame is not valid msgpack: {exc}")
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(rest))
+    unpacker.feed(rest)
+    try:
+        frames.extend(unpacker)
+    except Exception as exc:
+        return frames, ProtocolError(f"frame is not valid msgpack: {exc}")
+    if unpacker.tell() != len(rest):
+        return frames, ProtocolError("message ends in a truncated frame")
+    return frames, None
+
+
+def check_frame(frame: Any) -> list[Any]:
+    """Validate one decoded frame against its kind's schema; returns it.
+
+    Raises:
+        ProtocolError: not a frame of this version, of an unknown kind, or with fields of
+            the wrong number or type.
+    """
     # Fast paths for the frames of every message (the checks of the schema, inlined).
     if (
         type(frame) is list
@@ -230,6 +268,11 @@ def request_id_of(data: bytes) -> int | None:
         frame = msgpack.unpackb(data, raw=False)
     except Exception:
         return None
+    return request_id_in(frame)
+
+
+def request_id_in(frame: Any) -> int | None:
+    """Best effort: the request id in a decoded object that is not a valid frame."""
     if type(frame) is not list or len(frame) < 3:
         return None
     position = 4 if frame[1] == SEND else 2

@@ -259,3 +259,27 @@ def raw_dealer(
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
     sock.connect(endpoint)
     return sock
+
+
+def frames_of(data: bytes) -> list[list[Any]]:
+    """The frames of one message from a node: it coalesces the frames it sends to one peer
+    in one loop turn into one ZeroMQ message."""
+    from autonomy._protocol import check_frame, split
+
+    frames, error = split(data)
+    assert error is None, error
+    return [check_frame(frame) for frame in frames]
+
+
+class FrameReader:
+    """Reads a raw socket frame by frame, whatever the messages they came in."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buffered: list[list[Any]] = []
+
+    async def next(self, seconds: float = 5.0) -> list[Any]:
+        while not self.buffered:
+            async with asyncio.timeout(seconds):
+                self.buffered.extend(frames_of(await self.sock.recv()))
+        return self.buffered.pop(0)

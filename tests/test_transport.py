@@ -31,12 +31,13 @@ from autonomy._protocol import (
     PING,
     RESULT,
     VERSION,
-    decode,
     encode,
     error_from_wire,
 )
 from autonomy._secret import derive_seeds
 from autonomy._transport import CurveKeys, curve_keys
+
+from .conftest import FrameReader
 
 DETECTION_S = 2.0
 """How fast a SIGKILLed peer must be noticed. The kernel closes its connections, so the
@@ -178,9 +179,15 @@ async def raw_dealer(node: Node, keys: CurveKeys) -> AsyncIterator[zmq.asyncio.S
         context.term()
 
 
+_readers: dict[int, FrameReader] = {}
+
+
 async def receive_frame(sock: zmq.asyncio.Socket, seconds: float = 5.0) -> list[Any]:
-    async with asyncio.timeout(seconds):
-        return decode(await sock.recv())
+    """The next frame from ``sock`` (a node coalesces the frames of one loop turn)."""
+    reader = _readers.setdefault(id(sock), FrameReader(sock))
+    if reader.sock is not sock:  # a new socket at a recycled id
+        reader = _readers[id(sock)] = FrameReader(sock)
+    return await reader.next(seconds)
 
 
 def free_port_nobody_listens_on() -> int:
