@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from typing import Any, Final
 
 from ._errors import MessageTypeError
@@ -151,4 +152,4 @@ class NodeInterface(ABC):
     async def _do_send(self, name: str, message: str, timeout_s: float) -> None: ...
 
     @abstractmethod
-    async def _do_request(self, name: str, message: str, timeout_s: float) -> str: ...
+    def _do_request(self, name: str, message: str, timeout_s: float) -> Awaitable[str]: ...

@@ -6,6 +6,7 @@ requests in flight and their timeouts; this class only turns each public call in
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, final
 
 from ._base import NodeInterface
@@ -27,11 +28,12 @@ class RemoteNode(NodeInterface):
     Built by the framework (`Zone.nodes`, `Node.connect`); never constructed directly.
     """
 
-    __slots__ = ("_local", "_peer")
+    __slots__ = ("_limit", "_local", "_peer")
 
     def __init__(self, local: Node, peer: _Peer) -> None:
         self._local = local
         self._peer = peer
+        self._limit = local.max_frame_bytes
 
     @property
     def name(self) -> str:
@@ -49,7 +51,7 @@ class RemoteNode(NodeInterface):
 
     @property
     def max_frame_bytes(self) -> int:
-        return self._local.max_frame_bytes
+        return self._limit
 
     def is_up(self) -> bool:
         """True while the connection to the node is established."""
@@ -100,9 +102,10 @@ class RemoteNode(NodeInterface):
     async def _do_send(self, name: str, message: str, timeout_s: float) -> None:
         await self._local._send_remote(self._peer, name, message, timeout_s)
 
-    async def _do_request(self, name: str, message: str, timeout_s: float) -> str:
+    def _do_request(self, name: str, message: str, timeout_s: float) -> Awaitable[str]:
+        # A plain function returning the call's coroutine: one coroutine frame less per
+        # request on the hot path.
         local = self._local
         rid = local._new_rid()
         frame = encode_request(rid, name, message, int(timeout_s * 1000) or 1)
-        reply = await local._call(self._peer, rid, frame, name, timeout_s)
-        return reply  # type: ignore[no-any-return]
+        return local._call(self._peer, rid, frame, name, timeout_s)
