@@ -110,3 +110,13 @@ class ZoneLister:
         pattern, count = message.split()
         found = await Zone.nodes(self.node, filter=pattern, count=int(count), timeout=15_000)
         await context.reply(json.dumps([each.name for each in found]))
+
+
+class Hog:
+    """Blocks its node's whole event loop (a CPU-bound handler) for the seconds it is sent."""
+
+    async def handle_message(self, context, message):
+        import time
+
+        time.sleep(float(message))  # noqa: ASYNC251 - blocking the loop is the point
+        await context.reply(f"hogged {message}")
