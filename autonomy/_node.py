@@ -618,20 +618,12 @@ class Node(NodeInterface):
         if peer.state != "connecting" and now - peer.since > PEER_UNREACHABLE_S:
             raise PeerUnavailableError(peer.label, peer.reason)
         limit = min(deadline, max(peer.since, now) + PEER_UNREACHABLE_S)
-        waiter: asyncio.Future[None] = loop.create_future()
-        peer.up_waiters.append(waiter)
-        try:
-            async with asyncio.timeout_at(limit):
-                await waiter
-        except TimeoutError:
+        if not await _park(peer.up_waiters, limit):
             if limit >= deadline:
-                raise ReplyTimeoutError(worker, timeout_s * 1000) from None
+                raise ReplyTimeoutError(worker, timeout_s * 1000)
             raise PeerUnavailableError(
                 peer.label, f"{peer.reason} (waited {PEER_UNREACHABLE_S:g} s)"
-            ) from None
-        finally:
-            with contextlib.suppress(ValueError):
-                peer.up_waiters.remove(waiter)
+            )
 
     async def _call(
         self, peer: _Peer, rid: int, frame: bytes, worker: str, timeout_s: float | None = None
@@ -665,18 +657,9 @@ class Node(NodeInterface):
 
     async def _wait_slot(self, peer: _Peer, deadline: float, worker: str, timeout_s: float) -> None:
         """Wait (backpressure) until the peer has fewer than MAX_PENDING_PER_PEER calls."""
-        assert self._loop is not None
         while len(peer.pending) >= MAX_PENDING_PER_PEER:
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            peer.slot_waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                raise ReplyTimeoutError(worker, timeout_s * 1000) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    peer.slot_waiters.remove(waiter)
+            if not await _park(peer.slot_waiters, deadline):
+                raise ReplyTimeoutError(worker, timeout_s * 1000)
 
     async def _ping(self, peer: _Peer, timeout_s: float) -> None:
         rid = self._new_rid()
@@ -712,17 +695,8 @@ class Node(NodeInterface):
                 await self._wait_up(peer, deadline, worker, timeout_s)
             if peer.credit.get(worker, 0) < SEND_WINDOW:
                 return
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters = peer.credit_waiters.setdefault(worker, [])
-            waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                raise ReplyTimeoutError(worker, timeout_s * 1000) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
+            if not await _park(peer.credit_waiters.setdefault(worker, []), deadline):
+                raise ReplyTimeoutError(worker, timeout_s * 1000)
 
     def _on_peer_event(self, peer: _Peer, event: PeerEvent, reason: str) -> None:
         assert self._loop is not None
@@ -1037,6 +1011,22 @@ class Node(NodeInterface):
         task = self._loop.create_task(_as_coroutine(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _park(waiters: list[asyncio.Future[None]], deadline: float) -> bool:
+    """Wait in ``waiters`` until woken (True) or until ``deadline`` in loop time (False).
+    Whoever wakes a waiter may also fail it: that exception is raised here."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        async with asyncio.timeout_at(deadline):
+            await waiter
+    except TimeoutError:
+        return False
+    finally:
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+    return True
 
 
 def _wake_first(waiters: list[asyncio.Future[None]]) -> None:
