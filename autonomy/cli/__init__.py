@@ -454,6 +454,28 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, default: bool) -> None:
     )
 
 
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    """DIR or --zone: which deployed zone a command works on."""
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help="the zone's folder, or its name (default: the current folder)",
+    )
+    _add_zone_options(parser)
+
+
+def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-t",
+        "--timeout",
+        type=_positive_seconds,
+        default=STOP_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long nodes get to stop after SIGTERM before SIGKILL (default: %(default)g)",
+    )
+
+
 def _add_zone_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zone",
@@ -550,14 +572,7 @@ def _parser() -> argparse.ArgumentParser:
         help="restart nodes that crash (with a growing delay; a node that "
         "keeps crashing is given up)",
     )
-    deploy.add_argument(
-        "-t",
-        "--timeout",
-        type=_positive_seconds,
-        default=STOP_TIMEOUT_S,
-        metavar="SECONDS",
-        help="how long nodes get to stop after SIGTERM before SIGKILL (default: %(default)g)",
-    )
+    _add_stop_timeout(deploy)
     _add_verbosity(deploy, default=False)
     deploy.set_defaults(func=_cmd_deploy)
 
@@ -593,13 +608,7 @@ def _parser() -> argparse.ArgumentParser:
         "in the current folder: every detached zone.",
         formatter_class=formatter,
     )
-    listing.add_argument(
-        "dir",
-        metavar="DIR",
-        nargs="?",
-        help="the zone's folder, or its name (default: the current folder)",
-    )
-    _add_zone_options(listing)
+    _add_target_options(listing)
     _add_verbosity(listing, default=False)
     listing.set_defaults(func=_cmd_list)
 
@@ -610,21 +619,8 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout) and remove its state and logs.",
         formatter_class=formatter,
     )
-    delete.add_argument(
-        "dir",
-        metavar="DIR",
-        nargs="?",
-        help="the zone's folder, or its name (default: the current folder)",
-    )
-    _add_zone_options(delete)
-    delete.add_argument(
-        "-t",
-        "--timeout",
-        type=_positive_seconds,
-        default=STOP_TIMEOUT_S,
-        metavar="SECONDS",
-        help="how long nodes get to stop after SIGTERM before SIGKILL (default: %(default)g)",
-    )
+    _add_target_options(delete)
+    _add_stop_timeout(delete)
     _add_verbosity(delete, default=False)
     delete.set_defaults(func=_cmd_delete)
 
