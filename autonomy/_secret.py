@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Final
 
@@ -98,8 +99,6 @@ def zone_secret(zone: str, secret: str | None = None) -> str:
         except ConfigError as exc:
             if "empty" not in str(exc):
                 raise
-            import time
-
             time.sleep(0.01)  # another process is writing it: a few ms at most
     return _read_or_create(path)
 

@@ -6,7 +6,6 @@ state for a worker lives in its `Mailbox` (``_mailbox``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final, Protocol, final, runtime_checkable
 
@@ -99,7 +98,3 @@ class Context:
     def __repr__(self) -> str:
         state = ("open", "replied", "closed")[self._state]
         return f"<Context worker={self._mailbox.name!r} {state}>"
-
-
-def _is_future(target: Any) -> bool:
-    return isinstance(target, asyncio.Future)

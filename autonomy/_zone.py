@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError
+from ._node import _env_flag
 from ._protocol import MEMBERS, VERSION, check_name, encode
 from ._secret import zone_secret
 
@@ -50,9 +51,6 @@ SETTLE_MAX_S: Final = 6.0
 GOSSIP_INTERVAL_S: Final = 1.0
 """How often a node with seed peers asks them (and its members) whom they know."""
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
 
 def _seed_endpoint(seed: str) -> str:
     seed = seed.strip()
@@ -75,10 +73,7 @@ def seed_endpoints(peers: list[str] | str | None) -> list[str]:
 
 def discovery_enabled(discovery: bool | None) -> bool:
     """mDNS on unless ``discovery=False`` or ``AUTONOMY_DISCOVERY=0``."""
-    if discovery is not None:
-        return discovery
-    value = os.environ.get("AUTONOMY_DISCOVERY", "").strip().lower()
-    return value not in _FALSE
+    return discovery if discovery is not None else _env_flag("AUTONOMY_DISCOVERY", True)
 
 
 def _interfaces_for(endpoint: str) -> list[str]:
