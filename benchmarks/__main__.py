@@ -223,6 +223,7 @@ async def run(args: argparse.Namespace, loop_name: str) -> dict[str, Any]:
         "duration_s": round(time.time() - started, 1),
         "cases": cases,
         "fanout": _report.fanout_table(cases),
+        "curve_cost": _report.curve_cost(cases),
         "memory": memory,
         "targets": _report.check_targets(cases, memory),
         "summary": _report.summary_line(cases),
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if not png_path.exists():
         progress("matplotlib is not installed: no plot (pip install matplotlib)")
     print(_report.human_table(result), file=sys.stderr)
+    if result["curve_cost"]:
+        progress(f"CURVE cost, ours with CURVE / ours plain: {result['curve_cost']}")
     progress(f"wrote {json_path}" + (f" and {png_path}" if png_path.exists() else ""))
     print(json.dumps(result["summary"]), flush=True)
     return 0

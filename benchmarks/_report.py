@@ -67,6 +67,25 @@ def summary_line(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
+def curve_cost(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What CURVE costs us: each ``curve_*`` case of ours over its plain ``remote_*`` twin
+    of the same run (throughput: below 1 is slower; latency: above 1 is slower)."""
+    cost: dict[str, float] = {}
+    for key, entry in cases.items():
+        if not key.startswith("curve_"):
+            continue
+        plain = cases.get("remote_" + key.removeprefix("curve_"))
+        if plain is None:
+            continue
+        if entry["metric"] == "latency":
+            for q in ("p50", "p99"):
+                ours = entry["median"]["ours"][f"{q}_us"]
+                cost[f"{key}_{q}"] = round(ours / plain["median"]["ours"][f"{q}_us"], 3)
+        else:
+            cost[key] = round(entry["median"]["ours"] / plain["median"]["ours"], 3)
+    return cost
+
+
 def check_targets(
     cases: dict[str, dict[str, Any]], memory: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
