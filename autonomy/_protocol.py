@@ -60,6 +60,11 @@ VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 """Default limit of one frame on the wire; a node may be configured with another."""
 
+BATCH_BYTES: Final = 64 * 1024
+"""A sender coalesces the small frames it sends to one peer in one loop turn into messages
+of at most this size; a frame of this size or more travels alone. A receiver accepts a
+batch up to this size even when its own frame limit is smaller (each frame in it is)."""
+
 ENVELOPE_OVERHEAD: Final = 1024
 """Room kept for the envelope around a message of at most ``limit - ENVELOPE_OVERHEAD`` bytes."""
 
@@ -172,15 +177,20 @@ def split(data: bytes, limit: int = MAX_FRAME_BYTES) -> tuple[list[Any], Protoco
     sends to one peer in one loop turn (one ZeroMQ send instead of many). Returns the
     objects that parsed, and the error that stopped parsing, if any.
     """
-    if len(data) > limit:
+    over = len(data) > limit
+    if over and len(data) > BATCH_BYTES:
         return [], ProtocolError(f"message of {len(data)} bytes exceeds the limit of {limit}")
     try:
-        return [_unpackb(data)], None  # one frame: the common case, one C call
+        frame = _unpackb(data)  # one frame: the common case, one C call
     except msgpack.ExtraData as extra:
         frames = [extra.unpacked]
         rest = extra.extra
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         return [], ProtocolError(f"frame is not valid msgpack: {exc}")
+    else:
+        if over:  # a single frame over the limit (only batches may be)
+            return [], ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {limit}")
+        return [frame], None
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(rest))
     unpacker.feed(rest)
     try:

@@ -23,6 +23,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ._errors import NodeClosedError, PeerUnavailableError
+from ._protocol import BATCH_BYTES
 
 __all__ = [
     "HEARTBEAT_IVL_MS",
@@ -50,9 +51,7 @@ CLOSE_LINGER_MS: Final = 200
 """Linger at close: long enough to flush a BYE on a live connection, short enough that stop()
 never hangs on a dead one."""
 
-COALESCE_BYTES: Final = 64 * 1024
-"""Frames queued for one peer in one loop turn leave together up to this size; a larger
-frame leaves alone (a message never exceeds the largest frame it carries)."""
+COALESCE_BYTES: Final = BATCH_BYTES  # the wire's rule, from _protocol
 
 BATCH: Final = 512
 """Frames read per wake-up before yielding to the loop, so one busy socket cannot starve the
@@ -115,7 +114,7 @@ def _common_options(sock: zmq.Socket[bytes], max_frame_bytes: int) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     # A connection whose sender exceeds twice our frame limit is cut by libzmq before the
     # frame is allocated; frames between 1x and 2x are refused by the protocol with a reply.
-    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_frame_bytes)
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max(max_frame_bytes, BATCH_BYTES))
     # Keepalive keeps idle connections through NATs and finds dead hosts at the OS level too.
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)

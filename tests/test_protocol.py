@@ -585,3 +585,18 @@ def test_error_from_wire_always_builds_an_autonomy_error(
     code: int, message: str, fields: dict[str, Any]
 ) -> None:
     assert isinstance(error_from_wire(code, message, fields), AutonomyError)
+
+
+def test_a_batch_of_small_frames_may_exceed_a_small_frame_limit_but_one_big_frame_may_not() -> None:
+    from autonomy._protocol import BATCH_BYTES, split
+
+    limit = 8 * 1024
+    frames = [encode_request(i, "w", "x" * 1000, 100) for i in range(1, 21)]
+    batch = b"".join(frames)
+    assert limit < len(batch) <= BATCH_BYTES
+    parsed, error = split(batch, limit)
+    assert error is None
+    assert [frame[2] for frame in parsed] == list(range(1, 21))
+    _, error = split(encode_request(1, "w", "x" * (limit + 1), 100), limit)
+    assert error is not None
+    assert "exceeds the limit" in str(error)

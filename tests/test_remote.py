@@ -295,3 +295,16 @@ async def test_a_handler_that_blocks_its_node_for_longer_than_the_heartbeat_is_b
     assert await bounded(hogged, 20) == f"hogged {seconds}"
     assert remote.is_up()
     assert node._peers[runner.endpoint].state == "up"
+
+
+async def test_a_node_with_a_small_frame_limit_takes_coalesced_bursts_from_a_default_node(
+    node: Node, node_factory
+) -> None:
+    small = await node_factory(max_frame_bytes=16 * 1024)
+    await small.start_worker("echo", Echoer())
+    remote = await node.connect(small.endpoint, timeout=5000)
+    messages = [f"{i:04d}" + "x" * 1000 for i in range(300)]  # ~300 KB in one loop turn
+    replies = await bounded(
+        asyncio.gather(*(remote.send_and_receive("echo", m, timeout=10_000) for m in messages))
+    )
+    assert replies == messages
