@@ -22,7 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from ._base import NodeInterface, check_worker
+from ._base import NodeInterface, check_worker, timeout_seconds
 from ._deadlines import Deadlines
 from ._errors import (
     AutonomyError,
@@ -541,8 +541,6 @@ class Node(NodeInterface):
             PeerUnavailableError: nothing answered at ``endpoint`` in time.
             SecurityError: the node there belongs to another zone.
         """
-        from ._base import timeout_seconds
-
         self._check_running()
         peer = self._peer(endpoint, "")
         rid = self._new_rid()
@@ -735,8 +733,6 @@ class Node(NodeInterface):
                 reason,
             )
         self._peer_lost(peer, state, PeerUnavailableError(peer.label, reason))
-        if self._zone_agent is not None:
-            self._zone_agent.peer_changed(peer)
 
     def _peer_lost(self, peer: _Peer, state: str, error: AutonomyError) -> None:
         """Fail everything waiting on ``peer``: it is down, refused us, left, or we stop."""
@@ -759,6 +755,8 @@ class Node(NodeInterface):
                 waiter.set_exception(_fresh(error))
         # Windows restart from zero: a restarted peer has fresh mailboxes.
         peer.credit.clear()
+        if self._zone_agent is not None and self._state is NodeState.RUNNING:
+            self._zone_agent.peer_changed(peer)  # liveness decides membership
 
     def _on_peer_message(self, peer: _Peer, data: bytes) -> None:
         frames, error = split(data, self._max_frame_bytes)
@@ -798,8 +796,6 @@ class Node(NodeInterface):
         elif kind == BYE:
             log.info("peer %s left: %s", peer.label, frame[2])
             self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
-            if self._zone_agent is not None:
-                self._zone_agent.peer_changed(peer)
         else:
             log.warning("unexpected frame kind %d from peer %s", kind, peer.label)
 
@@ -977,8 +973,6 @@ class Node(NodeInterface):
         ):
             log.info("peer %s left", peer.label)
             self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
-            if self._zone_agent is not None:
-                self._zone_agent.peer_changed(peer)
 
     def _on_start(self, ident: bytes, rid: int, name: str, payload: bytes) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, final
 
-from ._base import NodeInterface
+from ._base import NodeInterface, timeout_seconds
 from ._errors import ProtocolError
 from ._protocol import LIST, START, STOP, encode, encode_request
 from ._shipping import dumps_worker, node_reference
@@ -70,8 +70,6 @@ class RemoteNode(NodeInterface):
             PeerUnavailableError: the node cannot be reached.
             ReplyTimeoutError: no answer within ``timeout`` ms.
         """
-        from ._base import timeout_seconds
-
         await self._local._ping(self._peer, timeout_seconds(timeout))
 
     async def _do_start_worker(self, name: str, worker: Worker) -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Final, final
 
+from ._base import timeout_seconds
 from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError
 from ._node import _env_flag
@@ -341,8 +342,6 @@ class Zone:
         Raises:
             NodeClosedError: ``node`` is not running.
         """
-        from ._base import timeout_seconds
-
         node._check_running()
         agent = node._zone_agent
         if agent is None:
