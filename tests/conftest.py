@@ -253,12 +253,18 @@ def raw_dealer(
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if member:
-        keys = curve_keys(*derive_seeds(zone_secret(zone, secret), zone))
-        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+        join_as_member(sock, curve_keys(*derive_seeds(zone_secret(zone, secret), zone)))
     sock.connect(endpoint)
     return sock
+
+
+def join_as_member(sock: Any, keys: Any) -> None:
+    """Give a raw client socket the zone's CURVE client keys (before it connects)."""
+    import zmq
+
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
 
 
 def frames_of(data: bytes) -> list[list[Any]]:

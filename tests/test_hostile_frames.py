@@ -60,7 +60,7 @@ from autonomy._protocol import (
 from autonomy._secret import derive_seeds
 from autonomy._transport import CurveKeys, curve_keys
 
-from .conftest import FrameReader, frames_of
+from .conftest import FrameReader, frames_of, join_as_member
 
 LIMIT = 64 * 1024
 """The node's max_frame_bytes: small, so that oversized frames stay cheap."""
@@ -140,9 +140,7 @@ async def raw_dealer(
         sock.setsockopt(zmq.SNDHWM, 0)  # queue the whole barrage without blocking
         sock.setsockopt(zmq.RCVHWM, 0)
         if keys is not None and node.secure:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+            join_as_member(sock, keys)
         sock.connect(node.endpoint)
         yield sock
     finally:

@@ -37,7 +37,7 @@ from autonomy._protocol import (
 from autonomy._secret import derive_seeds
 from autonomy._transport import CurveKeys, curve_keys
 
-from .conftest import FrameReader
+from .conftest import FrameReader, join_as_member
 
 DETECTION_S = 2.0
 """How fast a SIGKILLed peer must be noticed. The kernel closes its connections, so the
@@ -169,9 +169,7 @@ async def raw_dealer(node: Node, keys: CurveKeys) -> AsyncIterator[zmq.asyncio.S
     try:
         sock.setsockopt(zmq.LINGER, 0)
         if node.secure:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+            join_as_member(sock, keys)
         sock.connect(node.endpoint)
         yield sock
     finally:
