@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from functools import partial
+from typing import Final
 
 import zmq
 from zmq.utils import z85
@@ -121,6 +122,35 @@ def _common_options(sock: zmq.Socket[bytes], max_frame_bytes: int) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
 
 
+class _Outbox:
+    """The frames queued for one destination in this loop turn, sent as one message."""
+
+    __slots__ = ("frames", "send", "size")
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+        self.send = send
+
+    def add(self, frame: bytes) -> None:
+        size = len(frame)
+        if self.size + size > COALESCE_BYTES:
+            self.flush()  # keep every message within the wire's batch size
+            if size >= COALESCE_BYTES:
+                self.send(frame)  # a big frame travels alone
+                return
+        self.frames.append(frame)
+        self.size += size
+
+    def flush(self) -> None:
+        frames = self.frames
+        if frames:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            frames.clear()
+            self.size = 0
+            self.send(data)
+
+
 class _Driven:
     """A socket read by the event loop: add_reader on its FD, drained until EVENTS is empty."""
 
@@ -173,8 +203,7 @@ class DealerSocket:
         "_monitor",
         "_on_event",
         "_on_frame",
-        "_out",
-        "_out_bytes",
+        "_outbox",
         "_transport",
         "endpoint",
     )
@@ -213,8 +242,7 @@ class DealerSocket:
             sock.close(linger=0)
             raise PeerUnavailableError(endpoint, f"cannot dial: {exc}") from exc
         self._transport = transport
-        self._out: list[bytes] = []
-        self._out_bytes = 0
+        self._outbox = _Outbox(self._send)
         self._driven = _Driven(transport.loop, sock, self._drain)
         self._monitor = _Driven(transport.loop, monitor, self._drain_monitor)
 
@@ -277,27 +305,14 @@ class DealerSocket:
         """
         if self._driven._closed:
             raise PeerUnavailableError(self.endpoint, "the connection is closed")
-        size = len(frame)
-        if self._out_bytes + size > COALESCE_BYTES:
-            self.flush()  # keep every message under the receiver's limit
-            if size >= COALESCE_BYTES:
-                self._send(frame)
-                return
-        out = self._out
-        if not out:
+        outbox = self._outbox
+        if not outbox.frames:
             self._transport._dirty(self)
-        out.append(frame)
-        self._out_bytes += size
+        outbox.add(frame)
 
     def flush(self) -> None:
         """Send what is queued, as one ZeroMQ message."""
-        out = self._out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._out_bytes = 0
-        self._send(data)
+        self._outbox.flush()
 
     def _send(self, data: bytes) -> None:
         if self._driven._closed:
@@ -341,8 +356,8 @@ class Transport:
         self._on_router_frame = on_router_frame
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._router: _Driven | None = None
-        self._router_out: dict[bytes, list[Any]] = {}
-        """Per dialer: [bytes queued, frame, frame, ...]."""
+        self._router_out: dict[bytes, _Outbox] = {}
+        """Per dialer, the frames queued for it in this loop turn."""
         self._dirty_dealers: list[DealerSocket] = []
         self._flush_scheduled = False
         self._router_monitor: _Driven | None = None
@@ -436,24 +451,11 @@ class Transport:
         driven = self._router
         if driven is None or driven._closed:
             raise NodeClosedError("the node's transport is closed")
-        out = self._router_out.get(ident)
-        if out is None:
-            out = self._router_out[ident] = [0]
+        outbox = self._router_out.get(ident)
+        if outbox is None:
+            outbox = self._router_out[ident] = _Outbox(partial(self._router_send_now, ident))
             self._schedule_flush()
-        size = len(frame)
-        if out[0] + size > COALESCE_BYTES:
-            self._router_flush_one(ident, out)
-            if size >= COALESCE_BYTES:
-                self._router_send_now(ident, frame)
-                return
-        out.append(frame)
-        out[0] += size
-
-    def _router_flush_one(self, ident: bytes, out: list[Any]) -> None:
-        if len(out) > 1:
-            self._router_send_now(ident, out[1] if len(out) == 2 else b"".join(out[1:]))
-        del out[1:]
-        out[0] = 0
+        outbox.add(frame)
 
     def _router_send_now(self, ident: bytes, data: bytes) -> None:
         driven = self._router
@@ -489,8 +491,8 @@ class Transport:
             dealer.flush()
         if self._router_out:
             outboxes, self._router_out = self._router_out, {}
-            for ident, out in outboxes.items():
-                self._router_flush_one(ident, out)
+            for outbox in outboxes.values():
+                outbox.flush()
 
     def dial(
         self,
