@@ -14,6 +14,7 @@ import logging
 from importlib import metadata as _metadata
 
 from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
+from ._errors import AgentError as AgentError
 from ._errors import AutonomyError as AutonomyError
 from ._errors import ConfigError as ConfigError
 from ._errors import DiscoveryError as DiscoveryError
@@ -21,6 +22,8 @@ from ._errors import InternalError as InternalError
 from ._errors import MailboxFullError as MailboxFullError
 from ._errors import MessageTooLargeError as MessageTooLargeError
 from ._errors import MessageTypeError as MessageTypeError
+from ._errors import ModelError as ModelError
+from ._errors import ModelTimeoutError as ModelTimeoutError
 from ._errors import NodeClosedError as NodeClosedError
 from ._errors import NoReplyError as NoReplyError
 from ._errors import PeerUnavailableError as PeerUnavailableError
@@ -46,6 +49,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
+    "AgentError",
     "AutonomyError",
     "ConfigError",
     "Context",
@@ -54,6 +58,8 @@ __all__ = [
     "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
+    "ModelError",
+    "ModelTimeoutError",
     "NoReplyError",
     "Node",
     "NodeClosedError",

@@ -33,6 +33,7 @@ code back to one of our exception classes, so a peer can never make us build arb
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Final
 
 import msgpack
@@ -52,6 +53,7 @@ from ._errors import (
     WorkerNotFoundError,
     WorkerStartError,
     WorkerStoppedError,
+    _StructuredError,
 )
 
 VERSION: Final = 1
@@ -358,96 +360,61 @@ E_MAILBOX_FULL: Final = 12
 E_INTERNAL: Final = 99
 
 
+_CODES: Final[dict[type[AutonomyError], int]] = {
+    WorkerNotFoundError: E_WORKER_NOT_FOUND,
+    WorkerExistsError: E_WORKER_EXISTS,
+    WorkerError: E_WORKER_ERROR,
+    MessageTooLargeError: E_MESSAGE_TOO_LARGE,
+    WorkerStoppedError: E_WORKER_STOPPED,
+    ProtocolError: E_PROTOCOL,
+    NoReplyError: E_NO_REPLY,
+    WorkerStartError: E_WORKER_START,
+    NodeClosedError: E_NODE_CLOSED,
+    MessageTypeError: E_MESSAGE_TYPE,
+    SecurityError: E_SECURITY,
+    MailboxFullError: E_MAILBOX_FULL,
+    InternalError: E_INTERNAL,
+}
+"""The one table of error codes, read in both directions: an error travels as its code, its
+message and (for errors with named fields) its fields; nothing else is ever rebuilt."""
+
+_CLASSES: Final = {code: cls for cls, code in _CODES.items()}
+
+
+def _field_kinds(cls: type[AutonomyError]) -> tuple[tuple[str, type], ...]:
+    if not issubclass(cls, _StructuredError):
+        return ()
+    hints = typing.get_type_hints(cls)
+    return tuple((name, int if hints[name] in (int, float) else str) for name in cls._fields)
+
+
+_FIELDS: Final = {cls: _field_kinds(cls) for cls in _CODES}
+
+
 def error_to_wire(exc: BaseException) -> tuple[int, str, dict[str, Any]]:
-    """Describe one of our exceptions as ``(code, message, fields)`` for an ERROR frame."""
-    message = str(exc)
-    match exc:
-        case WorkerNotFoundError(worker=worker, node=node):
-            return E_WORKER_NOT_FOUND, message, {"worker": worker, "node": node}
-        case WorkerExistsError(worker=worker, node=node):
-            return E_WORKER_EXISTS, message, {"worker": worker, "node": node}
-        case WorkerError():
-            return (
-                E_WORKER_ERROR,
-                message,
-                {
-                    "worker": exc.worker,
-                    "node": exc.node,
-                    "type": exc.remote_type,
-                    "message": exc.remote_message,
-                    "traceback": exc.remote_traceback,
-                },
-            )
-        case MessageTooLargeError(size=size, limit=limit):
-            return E_MESSAGE_TOO_LARGE, message, {"size": size, "limit": limit}
-        case WorkerStoppedError(worker=worker, node=node):
-            return E_WORKER_STOPPED, message, {"worker": worker, "node": node}
-        case NoReplyError(worker=worker, node=node):
-            return E_NO_REPLY, message, {"worker": worker, "node": node}
-        case WorkerStartError(worker=worker, node=node, reason=reason):
-            return E_WORKER_START, message, {"worker": worker, "node": node, "reason": reason}
-        case ProtocolError():
-            return E_PROTOCOL, message, {}
-        case NodeClosedError():
-            return E_NODE_CLOSED, message, {}
-        case MessageTypeError():
-            return E_MESSAGE_TYPE, message, {}
-        case SecurityError():
-            return E_SECURITY, message, {}
-        case MailboxFullError(worker=worker, node=node, limit=limit):
-            return E_MAILBOX_FULL, message, {"worker": worker, "node": node, "limit": limit}
-        case _:
-            return E_INTERNAL, f"{type(exc).__name__}: {message}", {}
+    """Describe an exception as ``(code, message, fields)`` for an ERROR frame. An error
+    outside the table travels as an internal error naming its type."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            fields = {name: getattr(exc, name) for name, _ in _FIELDS[cls]}
+            return code, str(exc), fields
+    return E_INTERNAL, f"{type(exc).__name__}: {exc}", {}
 
 
-def _str(fields: dict[str, Any], key: str) -> str:
-    value = fields.get(key, "")
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is int:
+        return value if type(value) is int else 0
     return value if isinstance(value, str) else repr(value)
 
 
-def _int(fields: dict[str, Any], key: str) -> int:
-    value = fields.get(key, 0)
-    return value if type(value) is int else 0
-
-
 def error_from_wire(code: int, message: str, fields: dict[str, Any]) -> AutonomyError:
-    """Rebuild the exception an ERROR frame describes; unknown codes give a generic error."""
-    match code:
-        case 1:
-            return WorkerNotFoundError(_str(fields, "worker"), _str(fields, "node"))
-        case 2:
-            return WorkerExistsError(_str(fields, "worker"), _str(fields, "node"))
-        case 3:
-            return WorkerError(
-                _str(fields, "worker"),
-                _str(fields, "node"),
-                _str(fields, "type"),
-                _str(fields, "message"),
-                _str(fields, "traceback"),
-            )
-        case 4:
-            return MessageTooLargeError(_int(fields, "size"), _int(fields, "limit"))
-        case 5:
-            return WorkerStoppedError(_str(fields, "worker"), _str(fields, "node"))
-        case 6:
-            return ProtocolError(message)
-        case 7:
-            return NoReplyError(_str(fields, "worker"), _str(fields, "node"))
-        case 8:
-            return WorkerStartError(
-                _str(fields, "worker"), _str(fields, "node"), _str(fields, "reason")
-            )
-        case 9:
-            return NodeClosedError(message)
-        case 10:
-            return MessageTypeError(message)
-        case 11:
-            return SecurityError(message)
-        case 12:
-            return MailboxFullError(
-                _str(fields, "worker"), _str(fields, "node"), _int(fields, "limit")
-            )
-        case 99:
-            return InternalError(message)
-        case _:
-            return AutonomyError(f"peer reported error code {code}: {message}")
+    """Rebuild the exception an ERROR frame describes; unknown codes give a generic error.
+    Fields of the wrong type are coerced, never trusted."""
+    cls = _CLASSES.get(code)
+    if cls is None:
+        return AutonomyError(f"peer reported error code {code}: {message}")
+    kinds = _FIELDS[cls]
+    if not kinds:
+        return cls(message)
+    return cls(**{name: _coerce(fields.get(name, kind()), kind) for name, kind in kinds})

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from autonomy import _errors, _protocol
 from autonomy._errors import (
+    AgentError,
     AutonomyError,
     ConfigError,
     DiscoveryError,
@@ -18,6 +19,8 @@ from autonomy._errors import (
     MailboxFullError,
     MessageTooLargeError,
     MessageTypeError,
+    ModelError,
+    ModelTimeoutError,
     NodeClosedError,
     NoReplyError,
     PeerUnavailableError,
@@ -519,6 +522,9 @@ UNCODED: list[BaseException] = [
     PeerUnavailableError("tcp://127.0.0.1:1", "connection lost"),
     ReplyTimeoutError("w", 100),
     DiscoveryError("zeroconf failed"),
+    ModelError("the endpoint answered 500"),
+    ModelTimeoutError("no answer in 30 s"),
+    AgentError("max_iterations reached"),
     KeyError("not ours"),
     RuntimeError("not ours either"),
 ]
@@ -537,8 +543,8 @@ def test_an_error_without_a_wire_code_arrives_as_an_internal_error_naming_its_ty
 def test_every_error_class_of_autonomy_is_either_coded_or_known_to_be_uncoded() -> None:
     classes = {
         obj
-        for obj in vars(_errors).values()
-        if isinstance(obj, type) and issubclass(obj, AutonomyError)
+        for name, obj in vars(_errors).items()
+        if isinstance(obj, type) and issubclass(obj, AutonomyError) and not name.startswith("_")
     }
     covered = {type(error) for error in WIRE_ERRORS.values()} | {InternalError}
     covered |= {type(error) for error in UNCODED if isinstance(error, AutonomyError)}
@@ -565,7 +571,7 @@ def test_error_fields_of_the_wrong_type_do_not_break_the_rebuild() -> None:
     error = error_from_wire(
         _protocol.E_WORKER_ERROR,
         "m",
-        {"worker": 5, "node": None, "type": ["x"], "message": b"raw"},
+        {"worker": 5, "node": None, "remote_type": ["x"], "remote_message": b"raw"},
     )
     assert isinstance(error, WorkerError)
     assert (error.worker, error.node, error.remote_type) == ("5", "None", "['x']")

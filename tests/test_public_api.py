@@ -14,6 +14,7 @@ import pytest
 
 import autonomy
 from autonomy import (
+    AgentError,
     AutonomyError,
     ConfigError,
     Context,
@@ -22,6 +23,8 @@ from autonomy import (
     MailboxFullError,
     MessageTooLargeError,
     MessageTypeError,
+    ModelError,
+    ModelTimeoutError,
     Node,
     NodeClosedError,
     NoReplyError,
@@ -41,6 +44,7 @@ from autonomy import (
 
 EXPECTED_ALL = {
     "DEFAULT_TIMEOUT_MS",
+    "AgentError",
     "AutonomyError",
     "ConfigError",
     "Context",
@@ -49,6 +53,8 @@ EXPECTED_ALL = {
     "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
+    "ModelError",
+    "ModelTimeoutError",
     "NoReplyError",
     "Node",
     "NodeClosedError",
@@ -178,8 +184,8 @@ def test_every_error_of_the_library_is_public() -> None:
 
     defined = {
         obj
-        for obj in vars(_errors).values()
-        if isinstance(obj, type) and issubclass(obj, BaseException)
+        for name, obj in vars(_errors).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException) and not name.startswith("_")
     }
     assert defined == set(ERROR_CLASSES)
 
@@ -200,6 +206,7 @@ BUILTIN_PARENTS: dict[type[Exception], tuple[type[BaseException], ...]] = {
     ConfigError: (ValueError,),
     PeerUnavailableError: (ConnectionError, OSError),
     ReplyTimeoutError: (TimeoutError, asyncio.TimeoutError),
+    ModelTimeoutError: (TimeoutError, asyncio.TimeoutError),
 }
 
 
@@ -244,6 +251,7 @@ def test_an_error_without_a_builtin_counterpart_is_not_mistaken_for_one(
 
 
 ERROR_SAMPLES: list[AutonomyError] = [
+    AgentError("agent 'a' reached max_iterations=10"),
     AutonomyError("root"),
     ConfigError("must be a list", path="autonomy.yaml", key="pods.0.clones"),
     ConfigError("no file"),
@@ -252,6 +260,8 @@ ERROR_SAMPLES: list[AutonomyError] = [
     MailboxFullError("echoer", "node-a", 2000),
     MessageTooLargeError(70_000, 64_512),
     MessageTypeError("message must be str, got int"),
+    ModelError("the model endpoint answered 401"),
+    ModelTimeoutError("no answer from the model in 30 s"),
     NoReplyError("echoer", "node-a"),
     NodeClosedError("node 'a' is stopped"),
     PeerUnavailableError("'b' at tcp://127.0.0.1:5555", "connection lost"),
