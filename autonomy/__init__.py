@@ -1,9 +1,22 @@
 """autonomy: a brokerless actor mesh for Python over ZeroMQ.
 
-General layout (each a private module owning one thing; arrows show what may import what):
+General layout. Each private module owns one thing (its docstring's first line says what);
+a module imports only from the rows above its own, at any depth (inside functions and under
+TYPE_CHECKING too), so no import circle can form. ``tests/test_imports.py`` reads this table
+and holds the code to it.
 
-    _errors  <-  _protocol  <-  _transport  <-  _worker/_mailbox  <-  _node/_remote/_shipping
-             <-  _discovery  <-  _zone  <-  this module  <-  cli/
+    1  _errors
+    2  _config  _protocol  _deadlines  _shipping
+    3  _secret  _transport  _discovery  _worker
+    4  _mailbox  _peer  _base
+    5  _inbound  _membership  _remote
+    6  _node
+    7  _zone
+    8  __init__
+
+``_transport`` is the only module that imports zmq, ``_discovery`` the only one that imports
+zeroconf. ``cli/`` sits on top and uses the public names below, and ``_config`` for the names
+of the settings it passes to the nodes it starts.
 
 Only the names below are public; everything under an underscore may change.
 """

@@ -13,7 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from typing import Any, Final
 
-from ._errors import MessageTypeError
 from ._protocol import check_message, check_name
 from ._worker import Worker
 
@@ -26,14 +25,18 @@ DEFAULT_TIMEOUT_MS: Final = 30_000
 def timeout_seconds(timeout: object, what: str = "timeout") -> float:
     """Convert a public timeout in milliseconds to seconds, validating it.
 
+    A bad timeout is the caller's bug, found before any I/O: it raises the builtin the way
+    any Python API does for a bad argument (the typed errors are for what can also happen
+    across the wire).
+
     Raises:
-        MessageTypeError: it is not a number.
+        TypeError: it is not a number.
         ValueError: it is not a positive, finite number.
     """
     if type(timeout) is int and timeout > 0:  # the common case, first
         return timeout / 1000.0
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise MessageTypeError(f"{what} must be a number of milliseconds, got {timeout!r}")
+        raise TypeError(f"{what} must be a number of milliseconds, got {timeout!r}")
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"{what} must be a positive number of milliseconds, got {timeout!r}")
     return timeout / 1000.0
@@ -43,12 +46,13 @@ def check_worker(worker: object) -> Worker:
     """Check that ``worker`` has an ``async def handle_message(self, context, message)``.
 
     Raises:
-        MessageTypeError: it has no such method.
+        TypeError: it has no such method (the builtin, as for any argument of the wrong
+            type).
     """
     handler = getattr(worker, "handle_message", None)
     if handler is None or not callable(handler):
-        raise MessageTypeError(
-            f"a worker needs an async handle_message(context, message) method; "
+        raise TypeError(
+            f"a worker needs an `async def handle_message(self, context, message)` method; "
             f"{type(worker).__name__} has none"
         )
     return worker  # type: ignore[return-value]
@@ -78,7 +82,7 @@ class NodeInterface(ABC):
         Raises:
             WorkerExistsError: a worker of that name already runs on the node.
             WorkerStartError: (remote) the worker could not be unpickled or started there.
-            MessageTypeError: ``worker`` has no ``handle_message`` method.
+            TypeError: ``worker`` has no ``handle_message`` method.
         """
         check_name(name)
         await self._do_start_worker(name, check_worker(worker))

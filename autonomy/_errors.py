@@ -215,7 +215,8 @@ class NoReplyError(_StructuredError):
 
 
 class WorkerStartError(_StructuredError):
-    """A shipped worker could not be unpickled or is not a worker on the receiving node."""
+    """A worker could not be shipped: its state does not pickle (raised before sending), or
+    the receiving node could not unpickle it, refused it, or found it is not a worker."""
 
     worker: str
     node: str

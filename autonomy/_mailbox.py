@@ -1,16 +1,10 @@
 """A worker's bounded queue and the task that drains it, one message at a time.
 
-Each queued entry is ``(message, target)``, where the target says who waits for the reply:
-
-- ``None``: a local ``send_message`` (nobody waits);
-- ``bytes``: a remote ``send_message``; the bytes are the dialer's identity, told when the
-  message was handled so that its credit window reopens;
-- ``tuple``: a remote request ``(dialer identity, request id, deadline or 0.0)``;
-- an ``asyncio.Future``: a local request.
-
-Plain tuples and the future itself, not envelope objects: the hot path allocates as little
-as it can (DESIGN.md, performance principles). Knows nothing of sockets: replies to remote
-callers go out through the owning node.
+Each queued entry is the message's `Context`: the message, the `ReplyChannel` of whoever
+waits for the answer (None for a one-way message) and, for a remote one-way sender, its
+`CreditLine`. One object per message, built when the message is queued: the hot path
+allocates as little as it can (DESIGN.md, performance principles). Knows nothing of sockets
+or frames: answers leave through the channels.
 """
 
 from __future__ import annotations
@@ -19,25 +13,23 @@ import asyncio
 import logging
 import traceback
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from ._errors import NoReplyError, WorkerError, WorkerStoppedError
-from ._protocol import encode_error
-from ._worker import _CLOSED, _OPEN, Context
+from ._errors import (
+    NoReplyError,
+    WorkerError,
+    WorkerExistsError,
+    WorkerNotFoundError,
+    WorkerStoppedError,
+)
+from ._worker import _CLOSED, _OPEN, Context, CreditLine, Owner, ReplyChannel, Worker
 
-if TYPE_CHECKING:
-    from ._node import Node
-    from ._worker import Worker
-
-__all__ = ["CREDIT_BATCH", "MAILBOX_SIZE", "Mailbox"]
+__all__ = ["MAILBOX_SIZE", "Mailbox", "Workers"]
 
 log = logging.getLogger("autonomy.worker")
 
 MAILBOX_SIZE: Final = 1000
 """Messages a worker may have queued from local senders before they wait for room."""
-
-CREDIT_BATCH: Final = 100
-"""A receiver returns credit for one-way messages in batches of this many."""
 
 
 class Mailbox:
@@ -49,16 +41,19 @@ class Mailbox:
         "_space",
         "_stopping",
         "_task",
+        "credit_lines",
+        "expired",
         "failed",
         "handled",
         "maxsize",
         "name",
         "owner",
-        "remote",
         "worker",
     )
 
-    def __init__(self, owner: Node, name: str, worker: Worker, maxsize: int = MAILBOX_SIZE) -> None:
+    def __init__(
+        self, owner: Owner, name: str, worker: Worker, maxsize: int = MAILBOX_SIZE
+    ) -> None:
         self.owner = owner
         self.name = name
         self.worker = worker
@@ -67,9 +62,11 @@ class Mailbox:
         """Messages whose handler has returned or raised."""
         self.failed = 0
         """Messages whose handler raised."""
-        self.remote: dict[bytes, list[int]] = {}
-        """Per remote sender: [one-way messages queued or in hand, handled but not credited]."""
-        self._queue: deque[tuple[str, Any]] = deque()
+        self.expired = 0
+        """Requests dropped unhandled because their caller had given up."""
+        self.credit_lines: dict[Any, CreditLine] = {}
+        """Per remote one-way sender (keyed by the sender's routing id), its window here."""
+        self._queue: deque[Context] = deque()
         self._idle: asyncio.Future[None] | None = None
         self._space: deque[asyncio.Future[None]] = deque()
         self._stopping = False
@@ -93,9 +90,11 @@ class Mailbox:
     def has_room(self) -> bool:
         return len(self._queue) < self.maxsize
 
-    def put_nowait(self, message: str, target: Any) -> None:
-        """Queue without a bound check (remote senders are bounded by their credit window)."""
-        self._queue.append((message, target))
+    def put_nowait(
+        self, message: str, channel: ReplyChannel | None, credit: CreditLine | None = None
+    ) -> None:
+        """Queue without a bound check (remote senders are bounded by their windows)."""
+        self._queue.append(Context(self.owner, self.name, message, channel, credit))
         idle = self._idle
         if idle is not None and not idle.done():
             idle.set_result(None)
@@ -131,7 +130,6 @@ class Mailbox:
     async def _run(self) -> None:
         queue = self._queue
         loop = asyncio.get_running_loop()
-        owner = self.owner
         handle = self.worker.handle_message
         while True:
             if not queue:
@@ -140,81 +138,50 @@ class Mailbox:
                 self._idle = loop.create_future()
                 await self._idle
                 continue
-            message, target = queue.popleft()
+            context = queue.popleft()
             if self._space:
                 self._wake_one_sender()
-            kind = type(target)
-            if kind is tuple:
-                deadline = target[2]
-                if deadline and loop.time() > deadline:
-                    log.info(
-                        "worker %r: dropped a request whose caller gave up (deadline passed)",
-                        self.name,
-                    )
-                    continue
-            elif target is not None and kind is not bytes and target.done():
-                continue  # a local caller that gave up (timed out or cancelled)
-            context = Context(self, target)
+            channel = context._channel
+            if channel is not None and channel.done():
+                # The caller gave up (timed out, was cancelled, or its deadline passed).
+                self.expired += 1
+                log.info("worker %r: dropped a request whose caller gave up", self.name)
+                continue
             try:
-                await handle(context, message)
+                await handle(context, context._message)
             except asyncio.CancelledError:
                 context._state = _CLOSED
-                self._fail(target, WorkerStoppedError(self.name, owner.name))
+                if channel is not None and not channel.done():
+                    channel.set_exception(WorkerStoppedError(self.name, self.owner.name))
                 raise
             except Exception as exc:
                 self.failed += 1
-                if context._state == _OPEN and context.expects_reply():
+                if context._state == _OPEN and channel is not None and not channel.done():
                     log.warning(
                         "worker %r raised %s: %s (sent to the caller)",
                         self.name,
                         type(exc).__qualname__,
                         exc,
                     )
-                    error = WorkerError(
-                        self.name,
-                        owner.name,
-                        type(exc).__qualname__,
-                        str(exc),
-                        "".join(traceback.format_exception(exc)),
+                    channel.set_exception(
+                        WorkerError(
+                            self.name,
+                            self.owner.name,
+                            type(exc).__qualname__,
+                            str(exc),
+                            "".join(traceback.format_exception(exc)),
+                        )
                     )
-                    self._fail(target, error)
                 else:
                     log.error("worker %r raised while handling a message", self.name, exc_info=exc)
             else:
-                if context._state == _OPEN and kind is not bytes and target is not None:
-                    self._fail(target, NoReplyError(self.name, owner.name))
+                if context._state == _OPEN and channel is not None and not channel.done():
+                    channel.set_exception(NoReplyError(self.name, self.owner.name))
             context._state = _CLOSED
             self.handled += 1
-            if kind is bytes:
-                self._credit(target)
-
-    def _credit(self, ident: bytes) -> None:
-        """A one-way message from ``ident`` was handled: return credit to its sender in
-        batches, and all of it whenever the queue runs dry (so that no sender's window can
-        stall, whatever its size)."""
-        entry = self.remote.get(ident)
-        if entry is None:
-            return
-        entry[0] -= 1
-        entry[1] += 1
-        if entry[1] >= CREDIT_BATCH:
-            self.owner._send_credit(ident, self.name, entry[1])
-            entry[1] = 0
-        if not self._queue:
-            for sender, counts in self.remote.items():
-                if counts[1]:
-                    self.owner._send_credit(sender, self.name, counts[1])
-                    counts[1] = 0
-
-    def _fail(self, target: Any, exc: Exception) -> None:
-        """Tell whoever waits on ``target`` that its message failed with ``exc``."""
-        kind = type(target)
-        if target is None or kind is bytes:
-            return
-        if kind is tuple:
-            self.owner._send_to_dialer(target[0], encode_error(target[1], exc))
-        elif not target.done():
-            target.set_exception(exc)
+            credit = context._credit
+            if credit is not None:
+                credit.handled(not queue)
 
     async def stop(self, grace_s: float) -> None:
         """Let the message in hand finish (up to ``grace_s``), fail everything queued.
@@ -229,23 +196,25 @@ class Mailbox:
         self._stopping = True
         error = WorkerStoppedError(self.name, self.owner.name)
         dropped_local = 0
-        dropped_remote: dict[bytes, int] = {}
+        dropped_remote: dict[CreditLine, int] = {}
         while self._queue:
-            _, target = self._queue.popleft()
-            if target is None:
-                dropped_local += 1
-            elif type(target) is bytes:
-                dropped_remote[target] = dropped_remote.get(target, 0) + 1
+            context = self._queue.popleft()
+            channel = context._channel
+            if channel is not None:
+                if not channel.done():
+                    channel.set_exception(error)
+            elif context._credit is not None:
+                dropped_remote[context._credit] = dropped_remote.get(context._credit, 0) + 1
             else:
-                self._fail(target, error)
+                dropped_local += 1
         if dropped_local:
             log.warning(
                 "worker %r stopped with %d one-way messages queued: dropped",
                 self.name,
                 dropped_local,
             )
-        for ident, count in dropped_remote.items():
-            self.owner._nack_remote_sends(ident, self.name, count, error)
+        for line, count in dropped_remote.items():
+            line.dropped(count, error)
         for waiter in self._space:
             if not waiter.done():
                 waiter.set_exception(error)
@@ -263,3 +232,60 @@ class Mailbox:
             await asyncio.wait({task}, timeout=grace_s)
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("worker %r task failed", self.name, exc_info=task.exception())
+
+
+class Workers:
+    """One node's worker registry: a `Mailbox` per worker name."""
+
+    __slots__ = ("_mailboxes", "_owner", "mailbox_size")
+
+    def __init__(self, owner: Owner, mailbox_size: int = MAILBOX_SIZE) -> None:
+        self._owner = owner
+        self.mailbox_size = mailbox_size
+        self._mailboxes: dict[str, Mailbox] = {}
+
+    def __len__(self) -> int:
+        return len(self._mailboxes)
+
+    def get(self, name: str) -> Mailbox | None:
+        return self._mailboxes.get(name)
+
+    def mailboxes(self) -> list[Mailbox]:
+        return list(self._mailboxes.values())
+
+    def add(self, name: str, worker: Worker) -> None:
+        """Start ``worker`` under ``name``.
+
+        Raises:
+            WorkerExistsError: a worker of that name runs already.
+        """
+        if name in self._mailboxes:
+            raise WorkerExistsError(name, self._owner.name)
+        mailbox = Mailbox(self._owner, name, worker, self.mailbox_size)
+        self._mailboxes[name] = mailbox
+        mailbox.start()
+        log.debug("worker %r started on node %r", name, self._owner.name)
+
+    async def stop(self, name: str, grace_s: float) -> None:
+        """Stop the worker ``name`` (see `Mailbox.stop`).
+
+        Raises:
+            WorkerNotFoundError: no worker of that name runs.
+        """
+        mailbox = self._mailboxes.pop(name, None)
+        if mailbox is None:
+            raise WorkerNotFoundError(name, self._owner.name)
+        await mailbox.stop(grace_s)
+        log.debug("worker %r stopped on node %r", name, self._owner.name)
+
+    async def stop_all(self, grace_s: float) -> None:
+        mailboxes = list(self._mailboxes.values())
+        self._mailboxes.clear()
+        await asyncio.gather(*(mailbox.stop(grace_s) for mailbox in mailboxes))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """``list_workers``: name, queued, handled and failed of each worker."""
+        return [
+            {"name": m.name, "queued": m.queued, "handled": m.handled, "failed": m.failed}
+            for m in self._mailboxes.values()
+        ]

@@ -1,106 +1,53 @@
-"""`Node`: one process's place in the mesh: lifecycle, its workers, local and remote dispatch.
+"""`Node`: one process's place in the mesh: its lifecycle, its workers, and the public API.
 
-A node owns its workers (a `Mailbox` each), its transport (one ROUTER it binds, one DEALER per
-peer it dials), the requests it has in flight to each peer, and the credit windows that bound
-what it may send. Frames from dialers arrive on the ROUTER (requests, one-way messages,
-control) and are answered there; frames from the peers we dialed (replies, credit, goodbye)
-arrive on their DEALERs.
-
-Knows nothing of zeroconf: zones and discovery (``_discovery``, ``_zone``) sit on top.
+A node is assembled from the layers below it: a `Transport` (its ROUTER and DEALERs), the
+`Links` it dials (``_peer``: the caller's side), the `Inbound` dispatch of what its dialers
+send (``_inbound``), its `Workers` (``_mailbox``) and its view of the zone (``_membership``).
+It starts and stops them in order, runs local calls on its own mailboxes, and hands out
+`RemoteNode`s for the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
-import os
 import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final, Self
 
 from ._base import NodeInterface, check_worker, timeout_seconds
+from ._config import Settings, bind_address, seed_endpoints
 from ._deadlines import Deadlines
 from ._errors import (
-    AutonomyError,
-    MailboxFullError,
     NodeClosedError,
-    PeerUnavailableError,
-    ProtocolError,
     ReplyTimeoutError,
     SecurityError,
-    WorkerExistsError,
     WorkerNotFoundError,
     WorkerStartError,
 )
-from ._mailbox import MAILBOX_SIZE, Mailbox
-from ._protocol import (
-    BYE,
-    CREDIT,
-    ERROR,
-    HELLO,
-    LIST,
-    MAX_FRAME_BYTES,
-    MEMBERS,
-    PING,
-    REPLY,
-    REQUEST,
-    RESULT,
-    SEND,
-    START,
-    STOP,
-    check_frame,
-    check_name,
-    encode,
-    encode_error,
-    encode_result,
-    encode_send,
-    error_from_wire,
-    request_id_in,
-    request_id_of,
-    split,
-)
+from ._inbound import Inbound
+from ._mailbox import MAILBOX_SIZE, Mailbox, Workers
+from ._membership import ZoneAgent
+from ._peer import Identity, Link, Links
+from ._protocol import MAX_FRAME_BYTES, check_name
 from ._remote import RemoteNode
 from ._secret import derive_seeds, zone_secret
 from ._shipping import loads_worker, node_reference
-from ._transport import DealerSocket, PeerEvent, Transport, curve_keys
+from ._transport import Transport, curve_keys
 from ._worker import Worker
 
-if TYPE_CHECKING:
-    from ._zone import ZoneAgent
-
-__all__ = ["Node", "NodeState"]
+__all__ = ["CONTROL_TIMEOUT_MS", "STOP_GRACE_S", "Node", "NodeState"]
 
 log = logging.getLogger("autonomy.node")
-
-PEER_UNREACHABLE_S: Final = 3.0
-"""A call to a peer that is not connected waits this long for it to (re)connect, then fails
-with `PeerUnavailableError`. A connected peer that dies is seen at once (the kernel closes
-the connection); a silent partition in about 2 s (ZMTP heartbeats, see ``_transport``)."""
 
 STOP_GRACE_S: Final = 5.0
 """How long stopping a worker (or the node) lets the message in hand finish."""
 
-SEND_WINDOW: Final = 1000
-"""One-way messages a sender may have in flight to one remote worker before it waits for
-credit: the remote end of the mailbox bound (backpressure across the wire)."""
-
-MAX_PENDING_PER_PEER: Final = 10_000
-"""Calls one node may have in flight to one peer; more wait for a slot (backpressure)."""
-
-REMOTE_QUEUE_LIMIT: Final = 100_000
-"""Hard limit of a worker's queue for remote senders, who are bounded by their credit
-windows and MAX_PENDING_PER_PEER already: past it, a sender that ignores those bounds gets
-`MailboxFullError` instead of growing our memory."""
-
 CONTROL_TIMEOUT_MS: Final = 15_000
 """Default timeout of start_worker / stop_worker / list_workers on a remote node."""
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class NodeState(enum.Enum):
@@ -110,67 +57,9 @@ class NodeState(enum.Enum):
     STOPPED = "stopped"
 
 
-def bind_address(bind: str | None) -> str:
-    """The ZeroMQ address to bind: ``HOST``, ``HOST:PORT`` or a full ``tcp://``/``ipc://``
-    address, from ``bind``, else ``AUTONOMY_BIND``, else loopback on any free port."""
-    value = bind if bind is not None else os.environ.get("AUTONOMY_BIND", "")
-    value = value.strip() or "127.0.0.1"
-    if "://" in value:
-        return value
-    if value.startswith("["):  # [v6]:port or [v6]
-        host, _, port = value.partition("]")
-        return f"tcp://{host}]:{port.lstrip(':') or '*'}"
-    host, sep, port = value.rpartition(":")
-    if sep and host and ":" not in host:
-        return f"tcp://{host}:{port or '*'}"
-    return f"tcp://{value}:*"
-
-
 def _default_name() -> str:
     host = socket.gethostname().split(".")[0] or "node"
     return f"{host}-{secrets.token_hex(3)}"
-
-
-class _Peer:
-    """What the local node knows of one peer it dialed: connection state, calls in flight,
-    and the credit windows of its workers."""
-
-    __slots__ = (
-        "credit",
-        "credit_waiters",
-        "dealer",
-        "endpoint",
-        "instance",
-        "name",
-        "pending",
-        "reason",
-        "remote",
-        "since",
-        "slot_waiters",
-        "state",
-        "up_waiters",
-    )
-
-    def __init__(self, endpoint: str, name: str, since: float) -> None:
-        self.endpoint = endpoint
-        self.name = name
-        self.instance = ""
-        self.state = "connecting"
-        """connecting, up, down (lost, reconnecting), refused (handshake), gone (said bye)."""
-        self.reason = "not connected yet"
-        self.since = since
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.credit: dict[str, int] = {}
-        """One-way messages in flight per remote worker; no entry until the first is confirmed."""
-        self.credit_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.up_waiters: list[asyncio.Future[None]] = []
-        self.slot_waiters: list[asyncio.Future[None]] = []
-        self.dealer: DealerSocket | None = None
-        self.remote: RemoteNode | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name!r} at {self.endpoint}" if self.name else self.endpoint
 
 
 class Node(NodeInterface):
@@ -206,6 +95,9 @@ class Node(NodeInterface):
         peers: seed peers (``HOST:PORT`` each) for networks without multicast; default
             ``AUTONOMY_PEERS`` (comma-separated). Nodes exchange whom they know, so one
             seed is enough.
+
+    Raises:
+        ConfigError: a setting (argument or ``AUTONOMY_*`` variable) is invalid.
     """
 
     def __init__(
@@ -223,12 +115,12 @@ class Node(NodeInterface):
         discovery: bool | None = None,
         peers: list[str] | str | None = None,
     ) -> None:
-        self._name = check_name(
-            name or os.environ.get("AUTONOMY_NODE_NAME") or _default_name(), "node name"
-        )
-        self.zone: str = check_name(zone or os.environ.get("AUTONOMY_ZONE") or "default", "zone")
+        settings = Settings.from_env()
+        self._settings = settings
+        self._name = check_name(name or settings.node_name or _default_name(), "node name")
+        self.zone: str = check_name(zone or settings.zone or "default", "zone")
         """The zone this node belongs to."""
-        self._bind = bind_address(bind)
+        self._bind = bind_address(bind) if bind is not None else settings.bind
         self._max_frame_bytes = max_frame_bytes
         self.mailbox_size = mailbox_size
         self.instance: str = secrets.token_hex(8)
@@ -236,32 +128,29 @@ class Node(NodeInterface):
         self.endpoint: str = ""
         """The bound ROUTER's address (``tcp://127.0.0.1:53211``), set once started."""
         self.control_timeout_s = CONTROL_TIMEOUT_MS / 1000
-        if allowed_workers is None and os.environ.get("AUTONOMY_ALLOWED_WORKERS"):
-            allowed_workers = [
-                name.strip()
-                for name in os.environ["AUTONOMY_ALLOWED_WORKERS"].split(",")
-                if name.strip()
-            ]
+        if allowed_workers is None and settings.allowed_workers is not None:
+            allowed_workers = list(settings.allowed_workers)
         self._allowed: frozenset[str] | None = (
             frozenset(allowed_workers) if allowed_workers is not None else None
         )
-        self.secure: bool = secure if secure is not None else _env_flag("AUTONOMY_SECURE", True)
+        self.secure: bool = secure if secure is not None else settings.secure
         """Whether connections are CURVE-encrypted and authenticated (the default)."""
         self._secret = secret
         if allow_shipping is None:
-            allow_shipping = _env_flag("AUTONOMY_ALLOW_SHIPPING", self.secure)
+            allow_shipping = (
+                settings.allow_shipping if settings.allow_shipping is not None else self.secure
+            )
         self._allow_shipping = allow_shipping or allowed_workers is not None
+        self._discovery = discovery if discovery is not None else settings.discovery
+        self._seeds = seed_endpoints(peers) if peers is not None else settings.peers
         self._state = NodeState.NEW
-        self._workers: dict[str, Mailbox] = {}
-        self._peers: dict[str, _Peer] = {}
-        self._dialers: dict[bytes, tuple[str, str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._bad_frames: dict[bytes, int] = {}
-        self._rid = 0
-        self._discovery_option = discovery
-        self._peers_option = peers
-        self._zone_agent: ZoneAgent | None = None
+        self._workers = Workers(self, mailbox_size)
+        self._remotes: dict[str, tuple[Link, RemoteNode]] = {}
+        """Per endpoint, the `RemoteNode` handed out for its current link."""
         self._transport: Transport | None = None
+        self._links: Links | None = None
+        self._inbound: Inbound | None = None
+        self._agent: ZoneAgent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._deadlines: Deadlines
@@ -284,10 +173,21 @@ class Node(NodeInterface):
     def is_running(self) -> bool:
         return self._state is NodeState.RUNNING
 
+    @property
+    def membership(self) -> ZoneAgent:
+        """This node's view of its zone: its members and the waits behind `Zone.nodes`.
+
+        Raises:
+            NodeClosedError: the node is not running.
+        """
+        self._check_running()
+        assert self._agent is not None
+        return self._agent
+
     def __repr__(self) -> str:
         return (
             f"<Node {self._name!r} {self._state.name} {self.endpoint or '-'} "
-            f"workers={len(self._workers)} peers={len(self._peers)}>"
+            f"workers={len(self._workers)} peers={len(self._links or ())}>"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -310,7 +210,8 @@ class Node(NodeInterface):
         self._stopped = asyncio.Event()
         keys = None
         if self.secure:
-            keys = curve_keys(*derive_seeds(zone_secret(self.zone, self._secret), self.zone))
+            secret = zone_secret(self.zone, self._secret, self._settings)
+            keys = curve_keys(*derive_seeds(secret, self.zone))
         else:
             log.warning(
                 "node %r runs in PLAIN mode: no encryption, and anyone who reaches %s can "
@@ -321,31 +222,48 @@ class Node(NodeInterface):
         transport = Transport(
             identity=self.instance.encode(),
             max_frame_bytes=self._max_frame_bytes,
-            on_router_frame=self._on_router_message,
             keys=keys,
             zap_domain=self.zone,
         )
         try:
-            self.endpoint = transport.bind(self._bind)
+            self.endpoint = transport.bind(self._bind, self._on_router_message)
+            identity = Identity(self._name, self.zone, self.endpoint, self.instance)
+            links = Links(
+                transport,
+                identity,
+                max_frame_bytes=self._max_frame_bytes,
+                control_timeout_s=self.control_timeout_s,
+            )
+            agent = ZoneAgent(
+                identity,
+                links,
+                discovery=self._discovery,
+                seeds=self._seeds,
+                expected=self._settings.expected_nodes,
+            )
         except BaseException:
             transport.close(0)
             raise
         self._transport = transport
+        self._links = links
+        self._agent = agent
+        self._inbound = Inbound(
+            identity,
+            transport,
+            links,
+            self._workers,
+            agent,
+            start_shipped=self._start_shipped,
+            stop_grace_s=STOP_GRACE_S,
+        )
         self._state = NodeState.RUNNING
-        # The zone layer sits above the node (it imports zeroconf): imported here, once.
-        from ._zone import ZoneAgent, discovery_enabled, seed_endpoints
-
-        try:
-            self._zone_agent = ZoneAgent(
-                self,
-                discovery=discovery_enabled(self._discovery_option),
-                seeds=seed_endpoints(self._peers_option),
-            )
-        except BaseException:
-            await self.stop()
-            raise
-        self._zone_agent.start()
+        agent.start()
         log.info("node %r of zone %r listening at %s", self._name, self.zone, self.endpoint)
+
+    def _on_router_message(self, ident: bytes, data: bytes) -> None:
+        inbound = self._inbound
+        if inbound is not None:
+            inbound.on_message(ident, data)
 
     async def stop(self) -> None:
         """Stop the node: workers finish the message in hand, peers are told goodbye, pending
@@ -358,31 +276,21 @@ class Node(NodeInterface):
                 await self._stopped.wait()
             return
         self._state = NodeState.STOPPING
+        transport, links, inbound = self._transport, self._links, self._inbound
+        assert transport is not None
+        assert links is not None
+        assert inbound is not None
         try:
-            if self._zone_agent is not None:
-                await self._zone_agent.stop()
-            mailboxes = list(self._workers.values())
-            self._workers.clear()
-            await asyncio.gather(*(mailbox.stop(STOP_GRACE_S) for mailbox in mailboxes))
-            transport = self._transport
-            assert transport is not None
-            bye = encode(BYE, "node stopped")
-            for ident in self._dialers:
-                with contextlib.suppress(AutonomyError):
-                    transport.router_send(ident, bye)
-            for peer in self._peers.values():
-                if peer.dealer is not None and peer.state == "up":
-                    with contextlib.suppress(AutonomyError):
-                        peer.dealer.send(bye)
-                self._peer_lost(peer, "closed", NodeClosedError(f"node {self._name!r} stopped"))
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
+            inbound.running = False
+            if self._agent is not None:
+                await self._agent.stop()
+            await self._workers.stop_all(STOP_GRACE_S)
+            inbound.say_goodbye()
+            links.close(f"node {self._name!r} stopped")
+            await inbound.close(STOP_GRACE_S)
             transport.close()
             self._deadlines.close()
         finally:
-            self._zone_agent = None
             self._state = NodeState.STOPPED
             assert self._stopped is not None
             self._stopped.set()
@@ -409,6 +317,7 @@ class Node(NodeInterface):
 
         Raises:
             RuntimeError: called from inside a running event loop (use ``async with Node()``).
+            ConfigError: an ``AUTONOMY_*`` setting is invalid.
         """
         try:
             asyncio.get_running_loop()
@@ -419,9 +328,10 @@ class Node(NodeInterface):
                 "Node.start() runs its own event loop; inside a running loop use "
                 "`async with Node(...) as node:`"
             )
+        settings = Settings.from_env()
         if wait_until_interrupted is None:
-            wait_until_interrupted = _env_flag("AUTONOMY_WAIT_UNTIL_INTERRUPTED", True)
-        _configure_logging()
+            wait_until_interrupted = settings.wait_until_interrupted
+        _configure_logging(settings.log_level)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(cls._serve(main, wait_until_interrupted, node_options))
 
@@ -465,35 +375,39 @@ class Node(NodeInterface):
         if self._state is not NodeState.RUNNING:
             raise NodeClosedError(f"node {self._name!r} is {self._state.value}")
 
-    def _add_worker(self, name: str, worker: Worker) -> None:
-        self._check_running()
-        if name in self._workers:
-            raise WorkerExistsError(name, self._name)
-        mailbox = Mailbox(self, name, worker, self.mailbox_size)
-        self._workers[name] = mailbox
-        mailbox.start()
-        log.debug("worker %r started on node %r", name, self._name)
-
     async def _do_start_worker(self, name: str, worker: Worker) -> None:
-        self._add_worker(name, worker)
+        self._check_running()
+        self._workers.add(name, worker)
+
+    def _start_shipped(self, name: str, payload: bytes) -> None:
+        """Start a worker shipped by a member of the zone (a START frame)."""
+        if not self._allow_shipping:
+            raise SecurityError(
+                f"node {self._name!r} does not accept shipped workers"
+                + ("" if self.secure else " (plain mode; pass allow_shipping=True to allow)")
+            )
+        try:
+            worker = loads_worker(payload, self._resolve_reference, self._allowed)
+            check_worker(worker)
+        except Exception as exc:
+            raise WorkerStartError(name, self._name, f"{type(exc).__name__}: {exc}") from exc
+        self._workers.add(name, worker)  # type: ignore[arg-type]
+
+    def _resolve_reference(self, zone: str, name: str, endpoint: str) -> Node | RemoteNode:
+        """The node a shipped worker refers to: this one, or another reached from here."""
+        if zone != self.zone:
+            raise SecurityError(f"the worker refers to node {name!r} of another zone ({zone!r})")
+        if name == self._name:
+            return self
+        return self._remote(endpoint, name)
 
     async def _do_stop_worker(self, name: str) -> None:
         self._check_running()
-        mailbox = self._workers.pop(name, None)
-        if mailbox is None:
-            raise WorkerNotFoundError(name, self._name)
-        await mailbox.stop(STOP_GRACE_S)
-        log.debug("worker %r stopped on node %r", name, self._name)
+        await self._workers.stop(name, STOP_GRACE_S)
 
     async def _do_list_workers(self) -> list[dict[str, Any]]:
         self._check_running()
-        return self._worker_list()
-
-    def _worker_list(self) -> list[dict[str, Any]]:
-        return [
-            {"name": m.name, "queued": m.queued, "handled": m.handled, "failed": m.failed}
-            for m in self._workers.values()
-        ]
+        return self._workers.describe()
 
     def _mailbox(self, name: str) -> Mailbox:
         if self._state is not NodeState.RUNNING:
@@ -530,7 +444,7 @@ class Node(NodeInterface):
         finally:
             self._deadlines.discard(entry)
 
-    # -- peers we dial --------------------------------------------------------------------
+    # -- other nodes ------------------------------------------------------------------------
 
     async def connect(self, endpoint: str, timeout: float = 5000) -> RemoteNode:
         """Reach the node bound at ``endpoint`` (``tcp://host:port``) and return it.
@@ -542,511 +456,32 @@ class Node(NodeInterface):
             SecurityError: the node there belongs to another zone.
         """
         self._check_running()
-        peer = self._peer(endpoint, "")
-        rid = self._new_rid()
-        hello = encode(HELLO, rid, self._name, self.zone, self.endpoint, self.instance)
-        try:
-            info = await self._call(peer, rid, hello, "", timeout_seconds(timeout))
-        except ReplyTimeoutError as exc:
-            raise PeerUnavailableError(endpoint, "no answer to hello") from exc
-        if (
-            not isinstance(info, list)
-            or len(info) != 4
-            or not all(isinstance(part, str) for part in info)
-        ):
-            raise ProtocolError(f"node at {endpoint} answered hello with {info!r}")
-        name, zone, _, instance = info
-        if zone != self.zone:
-            raise SecurityError(f"node {name!r} at {endpoint} belongs to zone {zone!r}")
-        peer.name = name
-        peer.instance = instance
-        assert peer.remote is not None
-        return peer.remote
+        assert self._links is not None
+        link = await self._links.connect(endpoint, timeout_seconds(timeout))
+        return self._remote(link.endpoint, link.name)
 
     def peers(self) -> list[RemoteNode]:
         """The other nodes of the zone this node has reached and holds as members."""
-        agent = self._zone_agent
-        if agent is None:
+        agent = self._agent
+        if agent is None or self._state is not NodeState.RUNNING:
             return []
-        return [self._remote_for(m.endpoint, m.name) for m in agent.members.members()]
+        return [self._remote(m.endpoint, m.name) for m in agent.members.members()]
 
-    def _forget_peer(self, endpoint: str) -> None:
-        """Close the connection to a node that left the zone for good."""
-        peer = self._peers.pop(endpoint, None)
-        if peer is None:
-            return
-        self._peer_lost(peer, "closed", PeerUnavailableError(peer.label, "left the zone"))
-        if peer.dealer is not None and self._transport is not None:
-            self._transport.forget(peer.dealer)
-
-    def _remote_for(self, endpoint: str, name: str) -> RemoteNode:
-        """A `RemoteNode` for a peer known by reference (its connection is dialed now)."""
+    def _remote(self, endpoint: str, name: str) -> RemoteNode:
+        """The `RemoteNode` for the peer at ``endpoint`` (its link is dialed now)."""
         self._check_running()
-        remote = self._peer(endpoint, name).remote
-        assert remote is not None
+        assert self._links is not None
+        link = self._links.get(endpoint, name)
+        known = self._remotes.get(endpoint)
+        if known is not None and known[0] is link:
+            return known[1]
+        remote = RemoteNode(self.zone, self._max_frame_bytes, lambda: link)
+        self._remotes[endpoint] = (link, remote)
         return remote
-
-    def _peer(self, endpoint: str, name: str) -> _Peer:
-        peer = self._peers.get(endpoint)
-        if peer is not None:
-            if name and not peer.name:
-                peer.name = name
-            return peer
-        transport = self._transport
-        assert transport is not None
-        assert self._loop is not None
-        peer = _Peer(endpoint, name, self._loop.time())
-        peer.remote = RemoteNode(self, peer)
-        peer.dealer = transport.dial(
-            endpoint,
-            lambda data: self._on_peer_message(peer, data),
-            lambda event, reason: self._on_peer_event(peer, event, reason),
-        )
-        self._peers[endpoint] = peer
-        return peer
-
-    def _new_rid(self) -> int:
-        self._rid += 1
-        return self._rid
-
-    async def _wait_up(self, peer: _Peer, deadline: float, worker: str, timeout_s: float) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        if peer.state != "connecting" and now - peer.since > PEER_UNREACHABLE_S:
-            raise PeerUnavailableError(peer.label, peer.reason)
-        limit = min(deadline, max(peer.since, now) + PEER_UNREACHABLE_S)
-        if not await _park(peer.up_waiters, limit):
-            if limit >= deadline:
-                raise ReplyTimeoutError(worker, timeout_s * 1000)
-            raise PeerUnavailableError(
-                peer.label, f"{peer.reason} (waited {PEER_UNREACHABLE_S:g} s)"
-            )
-
-    async def _call(
-        self, peer: _Peer, rid: int, frame: bytes, worker: str, timeout_s: float | None = None
-    ) -> Any:
-        """Send a frame that expects an answer (REPLY, RESULT or ERROR) and await it."""
-        if self._state is not NodeState.RUNNING:
-            self._check_running()
-        if timeout_s is None:
-            timeout_s = self.control_timeout_s
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + timeout_s
-        if peer.state != "up":
-            await self._wait_up(peer, deadline, worker, timeout_s)
-        if len(peer.pending) >= MAX_PENDING_PER_PEER:
-            await self._wait_slot(peer, deadline, worker, timeout_s)
-        future: asyncio.Future[Any] = loop.create_future()
-        peer.pending[rid] = future
-        try:
-            assert peer.dealer is not None
-            peer.dealer.send(frame)
-            entry = self._deadlines.add(deadline, future, worker, timeout_s)
-            try:
-                return await future
-            finally:
-                self._deadlines.discard(entry)
-        finally:
-            del peer.pending[rid]
-            if peer.slot_waiters:
-                _wake_first(peer.slot_waiters)
-
-    async def _wait_slot(self, peer: _Peer, deadline: float, worker: str, timeout_s: float) -> None:
-        """Wait (backpressure) until the peer has fewer than MAX_PENDING_PER_PEER calls."""
-        while len(peer.pending) >= MAX_PENDING_PER_PEER:
-            if not await _park(peer.slot_waiters, deadline):
-                raise ReplyTimeoutError(worker, timeout_s * 1000)
-
-    async def _ping(self, peer: _Peer, timeout_s: float) -> None:
-        rid = self._new_rid()
-        await self._call(peer, rid, encode(PING, rid), "", timeout_s)
-
-    async def _send_remote(self, peer: _Peer, worker: str, message: str, timeout_s: float) -> None:
-        if self._state is not NodeState.RUNNING:
-            self._check_running()
-        inflight = peer.credit.get(worker)
-        if inflight is None:
-            # The first message to a remote worker is confirmed (one round trip), so that a
-            # wrong worker name fails at the call, not in a log on the other machine.
-            peer.credit[worker] = 1
-            rid = self._new_rid()
-            try:
-                await self._call(peer, rid, encode_send(worker, message, rid), worker, timeout_s)
-            except BaseException:
-                peer.credit.pop(worker, None)
-                raise
-            return
-        if inflight >= SEND_WINDOW or peer.state != "up":
-            await self._wait_credit(peer, worker, timeout_s)
-        peer.credit[worker] = peer.credit.get(worker, 0) + 1
-        assert peer.dealer is not None
-        peer.dealer.send(encode_send(worker, message))
-
-    async def _wait_credit(self, peer: _Peer, worker: str, timeout_s: float) -> None:
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + timeout_s
-        while True:
-            if peer.state != "up":
-                await self._wait_up(peer, deadline, worker, timeout_s)
-            if peer.credit.get(worker, 0) < SEND_WINDOW:
-                return
-            if not await _park(peer.credit_waiters.setdefault(worker, []), deadline):
-                raise ReplyTimeoutError(worker, timeout_s * 1000)
-
-    def _on_peer_event(self, peer: _Peer, event: PeerEvent, reason: str) -> None:
-        assert self._loop is not None
-        if event == "up":
-            was = peer.state
-            peer.state = "up"
-            peer.reason = ""
-            peer.since = self._loop.time()
-            for waiter in peer.up_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            if self._zone_agent is not None:
-                self._zone_agent.peer_changed(peer)
-            if was not in ("connecting", "up"):
-                log.info("peer %s is back", peer.label)
-                # A restarted peer does not know us yet: introduce ourselves again.
-                rid = self._new_rid()
-                hello = encode(HELLO, rid, self._name, self.zone, self.endpoint, self.instance)
-                with contextlib.suppress(AutonomyError):
-                    assert peer.dealer is not None
-                    peer.dealer.send(hello)
-            return
-        if event == "down" and peer.state in ("gone", "closed", "refused"):
-            return
-        state = "down" if event == "down" else "refused"
-        if state == peer.state == "down" and "handshake" in peer.reason:
-            reason = peer.reason  # "connection lost" after a failed handshake says less
-        if peer.state != state:
-            # Loud only when it fails somebody; a connection that drops with nothing in
-            # flight (a node stopping before our hello reached it) is news, not trouble.
-            busy = peer.pending or peer.up_waiters or any(peer.credit_waiters.values())
-            log.log(
-                logging.WARNING if busy or state == "refused" else logging.INFO,
-                "peer %s: %s",
-                peer.label,
-                reason,
-            )
-        self._peer_lost(peer, state, PeerUnavailableError(peer.label, reason))
-
-    def _peer_lost(self, peer: _Peer, state: str, error: AutonomyError) -> None:
-        """Fail everything waiting on ``peer``: it is down, refused us, left, or we stop."""
-        assert self._loop is not None
-        peer.state = state
-        peer.reason = getattr(error, "reason", None) or str(error)
-        peer.since = self._loop.time()
-        for future in peer.pending.values():
-            if not future.done():
-                future.set_exception(_fresh(error))
-        for waiters in peer.credit_waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(_fresh(error))
-        for waiter in peer.up_waiters:
-            if not waiter.done() and state in ("refused", "closed"):
-                waiter.set_exception(_fresh(error))
-        for waiter in peer.slot_waiters:
-            if not waiter.done():
-                waiter.set_exception(_fresh(error))
-        # Windows restart from zero: a restarted peer has fresh mailboxes.
-        peer.credit.clear()
-        if self._zone_agent is not None and self._state is NodeState.RUNNING:
-            self._zone_agent.peer_changed(peer)  # liveness decides membership
-
-    def _on_peer_message(self, peer: _Peer, data: bytes) -> None:
-        frames, error = split(data, self._max_frame_bytes)
-        for each in frames:
-            try:
-                frame = check_frame(each)
-            except ProtocolError as exc:
-                log.warning("bad frame from peer %s: %s", peer.label, exc)
-                continue
-            self._on_peer_frame(peer, frame)
-        if error is not None:
-            log.warning("bad frame from peer %s: %s", peer.label, error)
-
-    def _on_peer_frame(self, peer: _Peer, frame: list[Any]) -> None:
-        kind = frame[1]
-        if kind in (REPLY, RESULT):
-            future = peer.pending.get(frame[2])
-            if future is not None and not future.done():
-                future.set_result(frame[3])
-        elif kind == CREDIT:
-            worker, count = frame[2], frame[3]
-            inflight = peer.credit.get(worker)
-            if inflight is not None:
-                peer.credit[worker] = max(0, inflight - count)
-                for waiter in peer.credit_waiters.get(worker, ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
-        elif kind == ERROR:
-            rid, code, message, fields = frame[2], frame[3], frame[4], frame[5]
-            error = error_from_wire(code, message, fields)
-            if rid == 0:
-                self._on_nack(peer, error, fields)
-                return
-            future = peer.pending.get(rid)
-            if future is not None and not future.done():
-                future.set_exception(error)
-        elif kind == BYE:
-            log.info("peer %s left: %s", peer.label, frame[2])
-            self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
-        else:
-            log.warning("unexpected frame kind %d from peer %s", kind, peer.label)
-
-    def _on_nack(self, peer: _Peer, error: AutonomyError, fields: dict[str, Any]) -> None:
-        """A peer refused one-way messages (unknown or stopped worker, window exceeded)."""
-        worker = fields.get("worker")
-        if isinstance(worker, str) and peer.credit.pop(worker, None) is not None:
-            log.warning(
-                "one-way messages to %s on %s were not delivered: %s", worker, peer.label, error
-            )
-            for waiter in peer.credit_waiters.get(worker, ()):
-                if not waiter.done():
-                    waiter.set_exception(_fresh(error))
-        else:
-            log.debug("one-way messages to %s on %s refused: %s", worker, peer.label, error)
-
-    # -- frames from the nodes that dialed us -----------------------------------------------
-
-    def _send_to_dialer(self, ident: bytes, frame: bytes) -> None:
-        transport = self._transport
-        if transport is None or self._state is NodeState.STOPPED:
-            return
-        try:
-            transport.router_send(ident, frame)
-        except AutonomyError as exc:
-            # The caller is gone (it died or stopped): nobody is left to tell.
-            log.debug("cannot answer dialer %r: %s", ident, exc)
-
-    def _on_router_message(self, ident: bytes, data: bytes) -> None:
-        frames, error = split(data, self._max_frame_bytes)
-        logged = False  # the log counts bad messages, not the frames in them
-        for each in frames:
-            try:
-                frame = check_frame(each)
-            except ProtocolError as exc:
-                self._bad_frame(ident, request_id_in(each), exc, log_it=not logged)
-                logged = True
-                continue
-            self._on_router_frame(ident, frame)
-        if error is not None:
-            # Over the limit (under libzmq's cut at twice the limit) a whole request may
-            # still name its id: answer it.
-            rid = request_id_of(data) if not frames else None
-            self._bad_frame(ident, rid, error, log_it=not logged)
-
-    def _on_router_frame(self, ident: bytes, frame: list[Any]) -> None:
-        kind = frame[1]
-        if self._state is not NodeState.RUNNING:
-            rid = request_id_in(frame)
-            if rid:
-                self._send_to_dialer(ident, encode_error(rid, NodeClosedError("node stopping")))
-            return
-        try:
-            if kind == REQUEST:
-                _, _, rid, worker, message, timeout_ms = frame
-                mailbox = self._workers.get(worker)
-                if mailbox is None:
-                    raise WorkerNotFoundError(worker, self._name)
-                if mailbox.queued >= REMOTE_QUEUE_LIMIT:
-                    raise MailboxFullError(worker, self._name, REMOTE_QUEUE_LIMIT)
-                assert self._loop is not None
-                deadline = self._loop.time() + timeout_ms / 1000 if timeout_ms else 0.0
-                mailbox.put_nowait(message, (ident, rid, deadline))
-            elif kind == SEND:
-                self._on_send(ident, frame[2], frame[3], frame[4])
-            elif kind == HELLO:
-                self._on_hello(ident, frame)
-            elif kind == START:
-                self._on_start(ident, frame[2], frame[3], frame[4])
-            elif kind == STOP:
-                self._spawn(self._on_stop(ident, frame[2], frame[3]))
-            elif kind == LIST:
-                self._send_to_dialer(ident, encode_result(frame[2], self._worker_list()))
-            elif kind == PING:
-                self._send_to_dialer(ident, encode_result(frame[2], None))
-            elif kind == MEMBERS:
-                known = (
-                    self._zone_agent.member_list()
-                    if self._zone_agent is not None
-                    else [[self._name, self.endpoint, self.instance]]
-                )
-                self._send_to_dialer(ident, encode_result(frame[2], known))
-            elif kind == BYE:
-                self._on_dialer_bye(ident)
-            else:
-                raise ProtocolError(f"a dialer may not send frames of kind {kind}")
-        except AutonomyError as exc:
-            rid = request_id_in(frame)
-            if isinstance(exc, ProtocolError):
-                self._bad_frame(ident, rid, exc)
-            elif rid:
-                self._send_to_dialer(ident, encode_error(rid, exc))
-            elif kind == SEND:
-                self._send_to_dialer(ident, encode_error(0, exc))
-
-    def _bad_frame(
-        self, ident: bytes, rid: int | None, exc: ProtocolError, *, log_it: bool = True
-    ) -> None:
-        # Logged once per dialer at WARNING, then at DEBUG with a count: a misbehaving or
-        # hostile dialer cannot flood the log.
-        if rid:
-            self._send_to_dialer(ident, encode_error(rid, exc))
-        if not log_it:
-            return
-        count = self._bad_frames.get(ident, 0) + 1
-        if len(self._bad_frames) > 1000:
-            self._bad_frames.clear()
-        self._bad_frames[ident] = count
-        if count == 1:
-            log.warning("refused a bad frame from dialer %r: %s", ident, exc)
-        elif count % 1000 == 0:
-            log.warning("refused %d bad frames from dialer %r so far", count, ident)
-        else:
-            log.debug("refused a bad frame from dialer %r: %s", ident, exc)
-
-    def _on_send(self, ident: bytes, worker: str, message: str, rid: int) -> None:
-        mailbox = self._workers.get(worker)
-        if mailbox is None:
-            raise WorkerNotFoundError(worker, self._name)
-        entry = mailbox.remote.get(ident)
-        if entry is None:
-            entry = mailbox.remote[ident] = [0, 0]
-        if entry[0] >= 2 * SEND_WINDOW:
-            # The sender ignored its credit window: refuse rather than queue without bound.
-            raise MailboxFullError(worker, self._name, 2 * SEND_WINDOW)
-        entry[0] += 1
-        mailbox.put_nowait(message, ident)
-        if rid:
-            self._send_to_dialer(ident, encode_result(rid, None))
-
-    def _send_credit(self, ident: bytes, worker: str, count: int) -> None:
-        self._send_to_dialer(ident, encode(CREDIT, worker, count))
-
-    def _nack_remote_sends(
-        self, ident: bytes, worker: str, count: int, error: AutonomyError
-    ) -> None:
-        """Tell a remote sender that ``count`` of its one-way messages were dropped."""
-        log.warning(
-            "worker %r stopped with %d one-way messages from %r queued: sender told",
-            worker,
-            count,
-            self._dialers.get(ident, (ident,))[0],
-        )
-        self._send_to_dialer(ident, encode_error(0, error))
-
-    def _on_hello(self, ident: bytes, frame: list[Any]) -> None:
-        _, _, rid, name, zone, endpoint, instance = frame
-        if zone != self.zone:
-            raise SecurityError(f"node {name!r} of zone {zone!r} refused by zone {self.zone!r}")
-        known = self._dialers.get(ident)
-        if known is None:
-            log.debug("node %r (%s) dialed us", name, endpoint)
-        self._dialers[ident] = (name, endpoint)
-        self._send_to_dialer(
-            ident, encode_result(rid, [self._name, self.zone, self.endpoint, self.instance])
-        )
-        # Our dialers' routing id is their instance: a hello that claims another node's
-        # instance is answered, but teaches the zone nothing.
-        if self._zone_agent is not None and endpoint and ident == instance.encode():
-            self._zone_agent.heard_of(name, endpoint, instance, "hello")
-
-    def _on_dialer_bye(self, ident: bytes) -> None:
-        known = self._dialers.pop(ident, None)
-        for mailbox in self._workers.values():
-            mailbox.remote.pop(ident, None)
-        if known is None:
-            return
-        _name, endpoint = known
-        peer = self._peers.get(endpoint)
-        # Only the node itself may say that it leaves: its dialer's routing id is its instance.
-        if (
-            peer is not None
-            and ident == peer.instance.encode()
-            and peer.state not in ("gone", "closed")
-        ):
-            log.info("peer %s left", peer.label)
-            self._peer_lost(peer, "gone", PeerUnavailableError(peer.label, "the node stopped"))
-
-    def _on_start(self, ident: bytes, rid: int, name: str, payload: bytes) -> None:
-        try:
-            check_name(name)
-        except ValueError as exc:
-            raise WorkerStartError(name, self._name, str(exc)) from exc
-        if not self._allow_shipping:
-            raise SecurityError(
-                f"node {self._name!r} does not accept shipped workers"
-                + ("" if self.secure else " (plain mode; pass allow_shipping=True to allow)")
-            )
-        try:
-            worker = loads_worker(payload, self, self._allowed)
-            check_worker(worker)
-        except Exception as exc:
-            raise WorkerStartError(name, self._name, f"{type(exc).__name__}: {exc}") from exc
-        self._add_worker(name, worker)  # type: ignore[arg-type]
-        self._send_to_dialer(ident, encode_result(rid, None))
-
-    async def _on_stop(self, ident: bytes, rid: int, name: str) -> None:
-        try:
-            await self._do_stop_worker(name)
-        except AutonomyError as exc:
-            self._send_to_dialer(ident, encode_error(rid, exc))
-        else:
-            self._send_to_dialer(ident, encode_result(rid, None))
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(_as_coroutine(coroutine))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-async def _park(waiters: list[asyncio.Future[None]], deadline: float) -> bool:
-    """Wait in ``waiters`` until woken (True) or until ``deadline`` in loop time (False).
-    Whoever wakes a waiter may also fail it: that exception is raised here."""
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiters.append(waiter)
-    try:
-        async with asyncio.timeout_at(deadline):
-            await waiter
-    except TimeoutError:
-        return False
-    finally:
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
-    return True
-
-
-def _wake_first(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-            return
-
-
-def _fresh(error: AutonomyError) -> AutonomyError:
-    """A new instance of ``error`` (one exception object must not be raised in many tasks)."""
-    reduced: Any = error.__reduce__()
-    return reduced[0](*reduced[1])  # type: ignore[no-any-return]
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return default
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -1057,10 +492,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _configure_logging() -> None:
+def _configure_logging(level: str) -> None:
     """`Node.start` is a program's entry point: show warnings (level from
     ``AUTONOMY_LOG_LEVEL``) unless the program configured logging itself."""
     root = logging.getLogger()
     if not root.handlers:
-        level = os.environ.get("AUTONOMY_LOG_LEVEL", "WARNING").upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

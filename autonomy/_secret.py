@@ -14,10 +14,11 @@ import hashlib
 import hmac
 import os
 import secrets
-import time
+import tempfile
 from pathlib import Path
 from typing import Final
 
+from ._config import Env, Settings
 from ._errors import ConfigError, SecurityError
 
 __all__ = ["MIN_SECRET_CHARS", "derive_seeds", "secret_path", "zone_secret"]
@@ -46,18 +47,27 @@ def _check(secret: str, where: str) -> str:
 
 
 def _read_or_create(path: Path) -> str:
-    """Read the secret file, creating it (mode 0600, atomically) if it does not exist."""
+    """Read the secret file, creating it (mode 0600) if it does not exist.
+
+    The file appears whole or not at all: it is written under a temporary name and linked
+    into place, so that of several nodes starting at once exactly one creates it and none
+    ever reads it half written.
+    """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
+        if not path.exists():
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+            try:
+                with os.fdopen(fd, "w") as file:  # mkstemp creates it with mode 0600
+                    file.write(secrets.token_urlsafe(32) + "\n")
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    pass  # another process created it first: use theirs
+            finally:
+                os.unlink(temporary)
     except OSError as exc:
         raise ConfigError(f"cannot create the zone secret: {exc}", path=str(path)) from exc
-    else:
-        # O_EXCL: of several nodes starting at once, exactly one writes the secret.
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(32) + "\n")
     try:
         mode = path.stat().st_mode
         text = path.read_text()
@@ -67,40 +77,31 @@ def _read_or_create(path: Path) -> str:
         raise SecurityError(
             f"{path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it"
         )
-    if not text.strip():
-        # Another process created the file a moment ago and is writing it.
-        raise ConfigError("the zone secret file is empty", path=str(path))
     return _check(text, str(path))
 
 
-def zone_secret(zone: str, secret: str | None = None) -> str:
+def zone_secret(zone: str, secret: str | None = None, settings: Settings | None = None) -> str:
     """The zone's secret: ``secret``, else ``AUTONOMY_ZONE_SECRET``, else the file named by
     ``AUTONOMY_ZONE_SECRET_FILE``, else this user's file for the zone (created if needed).
 
     Raises:
-        ConfigError: the secret is too short, or its file cannot be read or created.
+        ConfigError: the secret is too short, set but empty, or its file cannot be read or
+            created.
         SecurityError: the secret file is readable by other users.
     """
     if secret is not None:
         return _check(secret, "secret")
-    from_env = os.environ.get("AUTONOMY_ZONE_SECRET")
-    if from_env:
-        return _check(from_env, "AUTONOMY_ZONE_SECRET")
-    from_file = os.environ.get("AUTONOMY_ZONE_SECRET_FILE")
-    if from_file:
+    if settings is None:
+        settings = Settings.from_env()
+    if settings.zone_secret is not None:
+        return _check(settings.zone_secret, Env.ZONE_SECRET.value)
+    if settings.zone_secret_file is not None:
+        from_file = settings.zone_secret_file
         try:
             return _check(Path(from_file).read_text(), from_file)
         except OSError as exc:
             raise ConfigError(f"cannot read the zone secret: {exc}", path=from_file) from exc
-    path = secret_path(zone)
-    for _ in range(50):
-        try:
-            return _read_or_create(path)
-        except ConfigError as exc:
-            if "empty" not in str(exc):
-                raise
-            time.sleep(0.01)  # another process is writing it: a few ms at most
-    return _read_or_create(path)
+    return _read_or_create(secret_path(zone))
 
 
 def _hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:

@@ -15,35 +15,40 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import io
 import pickle
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 
-from ._errors import AutonomyError, SecurityError
+from ._errors import SecurityError, WorkerStartError
 
-if TYPE_CHECKING:
-    from ._node import Node
+__all__ = ["Resolver", "dumps_worker", "loads_worker", "node_reference"]
 
-__all__ = ["dumps_worker", "loads_worker", "node_reference"]
+Resolver = Callable[[str, str, str], Any]
+"""``resolve(zone, name, endpoint)``: the receiving node's object for a node pickled by
+reference (itself, or a remote node reached from it)."""
 
-_receiver: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
+_receiver: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar(
     "autonomy_receiving_node", default=None
 )
 
 
-def dumps_worker(worker: object) -> bytes:
-    """Serialise a worker object for ``RemoteNode.start_worker``.
+def dumps_worker(worker: object, name: str, node: str) -> bytes:
+    """Serialise a worker object for ``RemoteNode.start_worker`` (as ``name`` on ``node``).
 
     Raises:
-        WorkerStartError-compatible ``AutonomyError``: the object cannot be pickled (a lock,
-            a socket, an open file in its state...).
+        WorkerStartError: the object cannot be pickled (a lock, a socket, an open file in
+            its state...); nothing was sent.
     """
     try:
         return cloudpickle.dumps(worker, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
     except Exception as exc:
-        raise AutonomyError(
-            f"cannot ship worker {type(worker).__name__}: its state does not pickle ({exc})"
+        raise WorkerStartError(
+            name,
+            node,
+            f"cannot ship worker {type(worker).__name__}: its state does not pickle ({exc})",
         ) from exc
 
 
@@ -51,8 +56,6 @@ class _AllowListUnpickler(pickle.Unpickler):
     """Unpickles only classes and functions named in the allow-list (no code by value)."""
 
     def __init__(self, data: bytes, allowed: frozenset[str]) -> None:
-        import io
-
         super().__init__(io.BytesIO(data))
         self._allowed = allowed
 
@@ -63,13 +66,13 @@ class _AllowListUnpickler(pickle.Unpickler):
         raise SecurityError(f"{qualified} is not in this node's allow-list of worker classes")
 
 
-def loads_worker(data: bytes, node: Node, allowed: frozenset[str] | None) -> object:
-    """Rebuild a shipped worker on ``node``.
+def loads_worker(data: bytes, resolve: Resolver, allowed: frozenset[str] | None) -> object:
+    """Rebuild a shipped worker on the node whose ``resolve`` rebuilds nodes by reference.
 
     ``allowed`` is None to accept any code (cloudpickle by value), or the set of
     ``module.qualname`` names that may be loaded (then no code travels by value).
     """
-    token = _receiver.set(node)
+    token = _receiver.set(resolve)
     try:
         if allowed is None:
             return pickle.loads(data)
@@ -80,13 +83,9 @@ def loads_worker(data: bytes, node: Node, allowed: frozenset[str] | None) -> obj
 
 def node_reference(zone: str, name: str, endpoint: str) -> Any:
     """Rebuild a node that was pickled by reference (called by pickle only)."""
-    node = _receiver.get()
-    if node is None:
+    resolve = _receiver.get()
+    if resolve is None:
         raise SecurityError(
             "a pickled autonomy node can only be rebuilt by a node receiving a worker"
         )
-    if zone != node.zone:
-        raise SecurityError(f"the worker refers to node {name!r} of another zone ({zone!r})")
-    if name == node.name:
-        return node
-    return node._remote_for(endpoint, name)
+    return resolve(zone, name, endpoint)

@@ -14,6 +14,7 @@ once right after ``add_reader``, and sends schedule a re-check (a send can consu
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -23,7 +24,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from ._errors import NodeClosedError, PeerUnavailableError
+from ._errors import ConfigError, NodeClosedError, PeerUnavailableError
 from ._protocol import BATCH_BYTES
 
 __all__ = [
@@ -74,8 +75,19 @@ _RCVMORE: Final = int(zmq.RCVMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 
-PeerEvent = str
-"""``"up"``, ``"down"`` or ``"refused"``."""
+
+class PeerEvent(enum.Enum):
+    """What a DEALER's monitor says of its connection."""
+
+    UP = "up"
+    """The handshake succeeded."""
+    LOST = "lost"
+    """The connection dropped; libzmq reconnects."""
+    HANDSHAKE_CLOSED = "handshake closed"
+    """The peer closed the connection during the handshake (another secret, or stopping)."""
+    REFUSED = "refused"
+    """The handshake was refused: retrying cannot help."""
+
 
 ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 
@@ -99,7 +111,11 @@ class CurveKeys:
 def curve_keys(server_seed: bytes, client_seed: bytes) -> CurveKeys:
     """Build the zone's keys from 32-byte seeds (derived from the zone secret)."""
     if not zmq.has("curve"):
-        raise RuntimeError("this libzmq was built without CURVE: the mesh cannot be secured")
+        raise ConfigError(
+            "this libzmq was built without CURVE, so the mesh cannot be secured: install "
+            "pyzmq's wheels (they bundle it), or run in plain mode (AUTONOMY_SECURE=0)",
+            key="secure",
+        )
     return CurveKeys(server_seed, client_seed)
 
 
@@ -276,22 +292,24 @@ class DealerSocket:
             event = parse_monitor_message(driven.sock.recv_multipart(zmq.NOBLOCK))
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._on_event("up", "")
+                self._on_event(PeerEvent.UP, "")
             elif kind == zmq.EVENT_DISCONNECTED:
-                self._on_event("down", "connection lost")
+                self._on_event(PeerEvent.LOST, "connection lost")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._on_event("refused", "it refused our key: we do not hold its zone's secret")
+                self._on_event(
+                    PeerEvent.REFUSED, "it refused our key: we do not hold its zone's secret"
+                )
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 self._on_event(
-                    "refused",
+                    PeerEvent.REFUSED,
                     "the handshake failed: one side is in plain mode, or speaks another protocol",
                 )
             else:
                 # No detail: the peer closed the connection during the handshake. A peer with
-                # other CURVE keys does that, and so does one that is just stopping: "down",
+                # other CURVE keys does that, and so does one that is just stopping: a drop,
                 # and libzmq keeps retrying.
                 self._on_event(
-                    "down",
+                    PeerEvent.HANDSHAKE_CLOSED,
                     "the connection closed during the handshake (does it share this zone's "
                     "secret?)",
                 )
@@ -344,7 +362,6 @@ class Transport:
         *,
         identity: bytes,
         max_frame_bytes: int,
-        on_router_frame: Callable[[bytes, bytes], None],
         keys: CurveKeys | None,
         zap_domain: str,
     ) -> None:
@@ -353,7 +370,7 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.keys = keys
         self._zap_domain = zap_domain
-        self._on_router_frame = on_router_frame
+        self._on_router_frame: Callable[[bytes, bytes], None] = _unbound
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._router: _Driven | None = None
         self._router_out: dict[bytes, _Outbox] = {}
@@ -366,9 +383,15 @@ class Transport:
         self._dealers: list[DealerSocket] = []
         self.endpoint = ""
 
-    def bind(self, address: str) -> str:
+    def bind(self, address: str, on_frame: Callable[[bytes, bytes], None]) -> str:
         """Bind the ROUTER to ``address`` (``tcp://host:port``, port ``*`` for any); returns
-        the endpoint actually bound."""
+        the endpoint actually bound. ``on_frame(dialer identity, data)`` gets what arrives.
+
+        Raises:
+            ConfigError: the address cannot be bound (in use, not this machine's,
+                malformed); its ``__cause__`` is the ZeroMQ error.
+        """
+        self._on_router_frame = on_frame
         sock = self.context.socket(zmq.ROUTER)
         _common_options(sock, self.max_frame_bytes)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -386,7 +409,7 @@ class Transport:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise OSError(exc.errno, f"cannot bind {address}: {exc}") from exc
+            raise ConfigError(f"cannot bind {address}: {exc}", key="bind") from exc
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._router = _Driven(self.loop, sock, self._drain_router)
         if self.keys is not None:
@@ -500,7 +523,7 @@ class Transport:
         on_frame: Callable[[bytes], None],
         on_event: Callable[[PeerEvent, str], None],
     ) -> DealerSocket:
-        """Open a DEALER to a peer's ROUTER; ``on_event`` hears "up", "down" and "refused"."""
+        """Open a DEALER to a peer's ROUTER; ``on_event`` hears what its monitor says."""
         dealer = DealerSocket(self, endpoint, on_frame, on_event)
         self._dealers.append(dealer)
         return dealer
@@ -530,6 +553,10 @@ class Transport:
             self._zap.close()
         # Every socket is closed with a finite linger, so term() returns within linger_ms.
         self.context.term()
+
+
+def _unbound(ident: bytes, data: bytes) -> None:
+    raise RuntimeError("the ROUTER received a frame before bind() set its handler")
 
 
 class _ZapHandler:

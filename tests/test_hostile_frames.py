@@ -33,7 +33,7 @@ from autonomy import (
     WorkerNotFoundError,
     WorkerStartError,
 )
-from autonomy._node import SEND_WINDOW
+from autonomy._peer import SEND_WINDOW
 from autonomy._protocol import (
     BYE,
     CREDIT,

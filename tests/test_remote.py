@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import autonomy._node as node_module
+import autonomy._peer as peer_module
 from autonomy import (
     Node,
     NodeClosedError,
@@ -206,11 +207,11 @@ async def test_a_request_whose_caller_gave_up_is_dropped_by_the_runner(node: Nod
 async def test_one_way_messages_to_a_slow_remote_worker_wait_for_credit(
     node: Node, runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node_module, "SEND_WINDOW", 20)
+    monkeypatch.setattr(peer_module, "SEND_WINDOW", 20)
     remote = await node.connect(runner.endpoint, timeout=10_000)
     await bounded(remote.start_worker("recorder", Recorder()))
     await bounded(remote.start_worker("sleeper", Sleeper()))
-    peer = node._peers[runner.endpoint]
+    peer = node._links.find(runner.endpoint)
     # A flood to a worker that is blocked: the sender stops at its window.
     # The first one-way message is confirmed once queued: it blocks the worker for 0.5 s.
     await remote.send_message("sleeper", "0.5")
@@ -240,7 +241,7 @@ async def test_one_way_messages_to_a_stopped_remote_worker_are_refused_next_time
     # The sender does not know yet: this one is refused by the runner, which tells us...
     await remote.send_message("recorder", "b")
     await eventually(
-        lambda: "recorder" not in node._peers[runner.endpoint].credit,
+        lambda: "recorder" not in node._links.find(runner.endpoint).credit,
         what="the runner's refusal to reach the sender",
     )
     # ...so the next one fails at the call.
@@ -258,7 +259,7 @@ async def test_a_peer_that_never_answers_fails_by_the_unreachable_deadline(node:
     started = loop.time()
     with pytest.raises(PeerUnavailableError):
         await node.connect(f"tcp://127.0.0.1:{port}", timeout=60_000)
-    assert loop.time() - started < node_module.PEER_UNREACHABLE_S + 2
+    assert loop.time() - started < peer_module.PEER_UNREACHABLE_S + 2
 
 
 async def test_a_node_of_another_zone_is_refused(node: Node, runner_factory) -> None:
@@ -294,7 +295,7 @@ async def test_a_handler_that_blocks_its_node_for_longer_than_the_heartbeat_is_b
     assert echoed == "behind the hog"
     assert await bounded(hogged, 20) == f"hogged {seconds}"
     assert remote.is_up()
-    assert node._peers[runner.endpoint].state == "up"
+    assert node._links.find(runner.endpoint).is_up()
 
 
 async def test_a_node_with_a_small_frame_limit_takes_coalesced_bursts_from_a_default_node(

@@ -61,7 +61,7 @@ async def test_a_node_with_a_wrong_secret_can_neither_connect_nor_send_nor_start
     async with Node(zone=zone, bind="127.0.0.1", secret=SECRET_B) as stranger:
         with pytest.raises(PeerUnavailableError, match="secret"):
             await stranger.connect(target.endpoint, timeout=5000)
-        remote = stranger._remote_for(target.endpoint, target.name)
+        remote = stranger._remote(target.endpoint, target.name)
         with pytest.raises(PeerUnavailableError):
             await remote.send_and_receive("echo", "x", timeout=5000)
         with pytest.raises(PeerUnavailableError):
@@ -140,7 +140,7 @@ async def test_a_node_without_the_secret_never_appears_in_zone_nodes(
     found = await bounded(Zone.nodes(node, filter="runner"), 15)
     assert [each.name for each in found] == ["runner-member"]
     # mDNS saw the stranger (it carries nothing secret), but it never became a member.
-    assert node._zone_agent.candidates.get("runner-stranger") is not None
+    assert node.membership.candidates.get("runner-stranger") is not None
 
 
 def test_the_secret_file_is_created_once_readable_only_by_the_user(zone: str) -> None:

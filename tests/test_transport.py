@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from autonomy import Node, PeerUnavailableError, RemoteNode, SecurityError
-from autonomy._node import PEER_UNREACHABLE_S
+from autonomy._peer import PEER_UNREACHABLE_S
 from autonomy._protocol import (
     ERROR,
     HELLO,

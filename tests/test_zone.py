@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-import autonomy._node as node_module
+import autonomy._peer as peer_module
 from autonomy import Node, Zone
 from autonomy._zone import SETTLE_MAX_S
 
@@ -82,7 +82,7 @@ async def test_two_zones_on_one_machine_never_see_each_other(node_factory) -> No
     await node_factory("b2", zone=zone_b)
     assert names(await bounded(Zone.nodes(a1, count=2, timeout=15_000), 20)) == ["a1", "a2"]
     assert names(await bounded(Zone.nodes(b1, count=2, timeout=15_000), 20)) == ["b1", "b2"]
-    await bounded(a1._zone_agent.members.wait_settled(0.5, 2))
+    await bounded(a1.membership.members.wait_settled(0.5, 2))
     assert names(a1.peers()) == ["a2"]
 
 
@@ -96,14 +96,14 @@ async def test_a_killed_runner_leaves_the_zone_within_the_bound_and_comes_back_o
     loop = asyncio.get_running_loop()
     killed_at = loop.time()
     doomed.kill()
-    agent = node._zone_agent
+    agent = node.membership
     await eventually(
         lambda: agent.members.get("runner-doomed") is None,
-        node_module.PEER_UNREACHABLE_S + 3,
+        peer_module.PEER_UNREACHABLE_S + 3,
         "the killed runner to leave the zone",
     )
     # NOTE: bound = PEER_UNREACHABLE_S after the connection drops (seen at once on a kill).
-    assert loop.time() - killed_at < node_module.PEER_UNREACHABLE_S + 2
+    assert loop.time() - killed_at < peer_module.PEER_UNREACHABLE_S + 2
     assert names(await bounded(Zone.nodes(node, filter="runner", count=1))) == ["runner-stays"]
     assert any("runner-doomed left zone" in r.getMessage() for r in caplog.records)
     # The same name comes back as a new process (a new instance on a new port).
@@ -121,7 +121,7 @@ async def test_a_runner_that_stops_gracefully_leaves_at_once(node: Node, runner_
     stopped_at = loop.time()
     leaving.terminate()
     await eventually(
-        lambda: node._zone_agent.members.get("runner-leaving") is None, 5, "a goodbye"
+        lambda: node.membership.members.get("runner-leaving") is None, 5, "a goodbye"
     )
     assert loop.time() - stopped_at < 2
 

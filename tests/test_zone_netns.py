@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import autonomy._node as node_module
+import autonomy._peer as peer_module
 
 from .conftest import RUNNER, Runner, unique
 from .netns import Host, NetnsLab, multicast_passes, netns_available
@@ -92,7 +92,7 @@ async def main():
         while command := (await stdin.readline()).decode().split():
             if command[0] == "watch":  # report when the named node leaves the zone
                 name = command[1]
-                members = node._zone_agent.members
+                members = node.membership.members
                 say(event="watching", name=name)
                 gone = await members.wait_for(
                     lambda ms: all(m.name != name for m in ms), 20.0
@@ -321,11 +321,11 @@ async def test_a_runner_killed_in_its_namespace_leaves_the_mains_zone_within_the
         assert (await main.read_json(10))["event"] == "watching"
         killed_at = time.monotonic()
         state.runners[0].kill()  # runner-1
-        left = await main.read_json(node_module.PEER_UNREACHABLE_S + 15)
+        left = await main.read_json(peer_module.PEER_UNREACHABLE_S + 15)
         # NOTE: CLOCK_MONOTONIC is one clock for every namespace: the main's stamp compares.
         took = left["t"] - killed_at
         print(f"a SIGKILLed runner left the main's zone {took:.2f} s after the kill")
         assert left["event"] == "left"
         assert left["nodes"] == ["runner-2"]
         assert left["replies"]["runner-2"]["pid"] == state.runners[1].pid
-        assert took < node_module.PEER_UNREACHABLE_S + 2
+        assert took < peer_module.PEER_UNREACHABLE_S + 2
