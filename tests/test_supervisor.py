@@ -25,16 +25,11 @@ from pathlib import Path
 import pytest
 
 from autonomy.cli import _supervisor, main
-from autonomy.cli._supervisor import (
-    LaunchSpec,
-    Supervisor,
-    describe_exit,
-    is_alive,
-    load_state,
-    plan,
-    process_start_time,
-)
-from autonomy.cli._zonefile import command_for, dockerfile_command, load_zone
+from autonomy.cli._detached import load_state
+from autonomy.cli._plan import LaunchSpec, plan
+from autonomy.cli._processes import describe_exit, is_alive, process_start_time
+from autonomy.cli._supervisor import Supervisor
+from autonomy.cli._zonefile import load_zone
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "AUTONOMY_TEST_MARK"
@@ -834,134 +829,7 @@ def test_python_dash_m_runs_the_command(module: str) -> None:
     assert done.stdout.startswith("autonomy ")
 
 
-# -- Dockerfile → command -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("dockerfile", "expected"),
-    [
-        ('FROM x\nCOPY . .\nENTRYPOINT ["python", "main.py"]\n', ["python", "main.py"]),
-        ("FROM x\n", None),
-        ('FROM x\nCMD ["python3", "app.py", "--x"]\n', ["python3", "app.py", "--x"]),
-        (
-            'FROM x\nENTRYPOINT ["python", "main.py"]\nCMD ["--port", "8000"]\n',
-            ["python", "main.py", "--port", "8000"],
-        ),
-        (
-            'FROM x\nCMD ["--port", "8000"]\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py", "--port", "8000"],
-        ),
-        ("FROM x\nENTRYPOINT python main.py\n", ["/bin/sh", "-c", "python main.py"]),
-        (
-            'FROM x\nENTRYPOINT ["uv", "run"]\nCMD python main.py\n',
-            ["uv", "run", "/bin/sh", "-c", "python main.py"],
-        ),
-        ('FROM x\nCMD ["a"]\nCMD ["b"]\n', ["b"]),
-        ('from x\nentrypoint ["python", "main.py"]\n', ["python", "main.py"]),
-        ('FROM x\nENTRYPOINT ["python", \\\n  "main.py"]\n', ["python", "main.py"]),
-        (
-            'FROM x\n# ENTRYPOINT ["wrong"]\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        ("FROM x\nENTRYPOINT [python, main.py]\n", ["/bin/sh", "-c", "[python, main.py]"]),
-        (
-            'FROM x AS build\nCMD ["build"]\nFROM y\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x AS base\nENTRYPOINT ["python", "main.py"]\nFROM base\nRUN true\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x AS base\nCMD ["--old"]\nFROM base\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x\nSHELL ["/bin/bash", "-c"]\nCMD python main.py\n',
-            ["/bin/bash", "-c", "python main.py"],
-        ),
-        ('# escape=`\nFROM x\nENTRYPOINT ["python", `\n "main.py"]\n', ["python", "main.py"]),
-        (
-            'FROM x\nRUN <<EOF\nCMD ["not", "an", "instruction"]\nEOF\nCMD ["python", "m.py"]\n',
-            ["python", "m.py"],
-        ),
-    ],
-    ids=[
-        "exec-entrypoint",
-        "none",
-        "cmd-only",
-        "entrypoint-then-cmd",
-        "cmd-then-entrypoint",
-        "shell-entrypoint",
-        "shell-cmd-after-exec-entrypoint",
-        "last-cmd-wins",
-        "lowercase",
-        "continuation",
-        "comment",
-        "bad-json-is-shell-form",
-        "final-stage-only",
-        "stage-inherits",
-        "entrypoint-resets-inherited-cmd",
-        "shell-instruction",
-        "escape-directive",
-        "heredoc-skipped",
-    ],
-)
-def test_dockerfile_command(dockerfile: str, expected: list[str] | None) -> None:
-    assert dockerfile_command(dockerfile) == expected
-
-
-def write_image(tmp_path: Path, dockerfile: str | None) -> Path:
-    image = tmp_path / "images" / "main"
-    image.mkdir(parents=True)
-    if dockerfile is not None:
-        (image / "Dockerfile").write_text(dockerfile)
-    return image
-
-
-@pytest.mark.parametrize(
-    ("dockerfile", "args", "expected"),
-    [
-        ('FROM x\nENTRYPOINT ["python", "main.py"]\n', [], [EXE, "main.py"]),
-        (None, [], [EXE, "main.py"]),
-        ("FROM x\n", ["--a"], [EXE, "main.py", "--a"]),
-        ('FROM x\nENTRYPOINT ["python", "main.py"]\n', ["--a", "1"], [EXE, "main.py", "--a", "1"]),
-        (
-            'FROM x\nENTRYPOINT ["python3", "main.py"]\nCMD ["--port", "8000"]\n',
-            [],
-            [EXE, "main.py", "--port", "8000"],
-        ),
-        (
-            'FROM x\nENTRYPOINT ["python3", "main.py"]\nCMD ["--port", "8000"]\n',
-            ["--b"],
-            [EXE, "main.py", "--b"],
-        ),
-        ('FROM x\nCMD ["/usr/local/bin/python3.11", "-u", "app.py"]\n', [], [EXE, "-u", "app.py"]),
-        ('FROM x\nCMD ["uvicorn", "app:app"]\n', [], ["uvicorn", "app:app"]),
-        ('FROM x\nCMD ["pythonista"]\n', [], ["pythonista"]),
-        (
-            "FROM x\nCMD exec python main.py\n",
-            [],
-            ["/bin/sh", "-c", f"exec {shlex.quote(EXE)} main.py"],
-        ),
-    ],
-    ids=[
-        "guide",
-        "no-dockerfile",
-        "default-plus-args",
-        "args-appended-to-entrypoint",
-        "cmd-as-entrypoint-args",
-        "args-replace-cmd",
-        "absolute-python",
-        "not-python",
-        "python-prefix-only",
-        "shell-form-python",
-    ],
-)
-def test_command_for(
-    tmp_path: Path, dockerfile: str | None, args: list[str], expected: list[str]
-) -> None:
-    assert command_for(write_image(tmp_path, dockerfile), args) == expected
+# -- the parts --------------------------------------------------------------------------------
 
 
 def test_describe_exit() -> None:
