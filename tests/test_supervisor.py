@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from autonomy.cli import _supervisor, main
+from autonomy.cli import _supervisor, _zonefile, main
 from autonomy.cli._detached import load_state
 from autonomy.cli._plan import LaunchSpec, plan
 from autonomy.cli._processes import describe_exit, is_alive, process_start_time
@@ -374,6 +374,27 @@ def test_plan_layers_the_environment_and_accepts_extra_env(tmp_path: Path) -> No
         "AUTONOMY_ZONE_SECRET": "s3cret",
     }
     assert "s3cret" not in repr(spec)
+
+
+def test_the_longest_names_of_the_largest_zone_reach_every_node(tmp_path: Path) -> None:
+    """Every node gets every node's name in one variable, and Linux caps one variable at
+    128 KiB: the node bound keeps the longest names of the largest zone under it."""
+    limit = _zonefile.MAX_NODES
+    pod, container = "p" * 63, "c" * 63  # the longest labels
+    folder = make_zone(tmp_path, "long", [(pod, limit, [(container, "main")])], {"main": SAY_BYE})
+    specs = plan(load_zone(folder))
+    assert len(specs) == limit
+    expected = specs[-1].env["AUTONOMY_EXPECTED_NODES"]
+    assert expected.split(",") == [spec.name for spec in specs]
+    done = subprocess.run(
+        [EXE, "-c", "import os; print(os.environ['AUTONOMY_EXPECTED_NODES'])"],
+        env=specs[-1].env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, expected + "\n"), done.stderr
 
 
 async def test_crashed_node_is_reported_with_its_status_and_fails_the_deploy(

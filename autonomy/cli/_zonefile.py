@@ -25,6 +25,7 @@ __all__ = [
     "NodeSpec",
     "Pod",
     "ZoneFile",
+    "MAX_NODES",
     "ZONE_FILE_NAME",
     "load_zone",
     "node_name",
@@ -35,6 +36,15 @@ logger = logging.getLogger("autonomy.cli")
 
 ZONE_FILE_NAME: Final = "autonomy.yaml"
 IMAGES_DIR_NAME: Final = "images"
+MAX_NODES: Final = 500
+"""The most nodes (processes) a zone file may have: they all run on this machine.
+
+Far above what one machine runs well (each node is a Python process of ~37 MB when idle;
+a 2-core machine struggles past about 60 nodes of a full mesh), so it refuses only a typo
+such as ``clones: 100000``. It also keeps every node's name within reach of every node:
+``AUTONOMY_EXPECTED_NODES`` holds all of them, and Linux refuses to start a process with
+one environment variable of 128 KiB or more; 500 of the longest node names take 66 KB
+(1,000 would not fit)."""
 
 _LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _IMAGE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -340,6 +350,7 @@ def parse_zone(
             )
         seen_pods[pod.name] = index
         pods.append(pod)
+        _check_node_count(check, pods, key, raw_pod)
     if loader.duplicates:  # in a mapping no check above looked into
         name, line, first = next(iter(loader.duplicates.values()))
         raise ConfigError(
@@ -524,6 +535,33 @@ def _parse_args(check: _Checker, raw: object, key: str, container: Mapping[Any, 
             )
         args.append(str(item))
     return args
+
+
+def _check_node_count(check: _Checker, pods: Sequence[Pod], key: str, raw_pod: object) -> None:
+    """Refuse the last of ``pods`` if it takes the zone past `MAX_NODES` (counted, not built:
+    ``clones: 1000000000`` is refused at once)."""
+    *before, pod = pods
+    count = pod.clones * len(pod.containers)
+    total = count + sum(p.clones * len(p.containers) for p in before)
+    if total <= MAX_NODES:
+        return
+    containers = _count(len(pod.containers), "container")
+    if pod.clones > 1:
+        field_name, what = "clones", f"{pod.clones:,} clones of {containers} make"
+    else:
+        field_name, what = "containers", f"{containers} make{'s' if count == 1 else ''}"
+    zone = f", {total:,} in the zone" if total != count else ""
+    raise check.error(
+        f"{key}.{field_name}",
+        f"{what} {_count(count, 'node')}{zone}; a zone file runs at most {MAX_NODES:,} nodes "
+        "on one machine",
+        raw_pod if isinstance(raw_pod, dict) else None,
+        field_name,
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
 
 
 def _check_node_names(check: _Checker, zone: ZoneFile) -> None:
