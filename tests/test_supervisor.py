@@ -815,6 +815,41 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "is not a zone name" in capsys.readouterr().err
 
 
+def test_exit_with_naming_no_node_or_several_is_a_usage_error_exiting_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = make_zone(
+        tmp_path,
+        "exits",
+        [("main-pod", None, [("main", "main")]), ("runner-pod", 2, [("runner", "main")])],
+        {"main": SAY_BYE},
+    )
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "nope")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        "autonomy: error: --exit-with: 'nope' names no node of zone exits; its nodes: "
+        "main-pod-main, runner-pod-0-runner, runner-pod-1-runner\n"
+    )
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "runner")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        "autonomy: error: --exit-with: 'runner' names 2 nodes of zone exits: "
+        "runner-pod-0-runner, runner-pod-1-runner; give one node's full name\n"
+    )
+
+
+def test_exit_with_error_in_a_zone_of_many_nodes_names_only_a_few(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = make_zone(tmp_path, "many", [("p", 400, [("c", "main")])], {"main": SAY_BYE})
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "nope")
+    assert (code, out) == (2, ""), err[:1000]
+    assert err.startswith("autonomy: error: --exit-with: 'nope' names no node of zone many; its ")
+    assert err.endswith(
+        ": p-0-c, p-1-c, p-2-c, p-3-c, p-4-c, p-5-c, p-6-c, p-7-c, p-8-c, p-9-c, ... and 390 more\n"
+    ), err[:1000]
+
+
 def test_logs_of_a_zone_not_deployed_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "zone", "logs", "--zone", "absent")
     assert code == 1

@@ -42,7 +42,7 @@ from ._detached import (
 from ._logs import print_logs
 from ._mesh import describe_workers
 from ._supervisor import STOP_TIMEOUT_S, NodeState, deploy_foreground
-from ._text import table, uptime
+from ._text import brief_list, table, uptime
 from ._zonefile import ZONE_FILE_NAME, ZoneFile, load_zone
 
 __all__ = ["main"]
@@ -179,8 +179,17 @@ def _exit_node(zone: ZoneFile, exit_with: str) -> str:
     named = [name for name in names if name == exit_with] or [
         name for name in names if exit_with in name
     ]
-    if len(named) != 1:
-        raise LaunchError(f"--exit-with {exit_with!r} must name one node of {names}")
+    if not named:
+        raise ConfigError(
+            f"{exit_with!r} names no node of zone {zone.name}; its nodes: {brief_list(names)}",
+            key="--exit-with",
+        )
+    if len(named) > 1:
+        raise ConfigError(
+            f"{exit_with!r} names {len(named):,} nodes of zone {zone.name}: "
+            f"{brief_list(named)}; give one node's full name",
+            key="--exit-with",
+        )
     return named[0]
 
 
@@ -199,7 +208,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         if failed:
             logger.warning(
                 "could not start: %s (see `autonomy zone list --zone %s`)",
-                ", ".join(failed),
+                brief_list(failed),
                 zone.name,
             )
         print(
@@ -242,7 +251,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         if not nodes:
             raise ConfigError(
                 f"no node of zone {name} matches {args.node!r}; its nodes: "
-                + ", ".join(n.name for n in state.nodes)
+                + brief_list(n.name for n in state.nodes)
             )
     try:
         print_logs(state, nodes, sys.stdout, follow=args.follow)

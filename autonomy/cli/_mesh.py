@@ -15,6 +15,8 @@ from typing import Final
 
 from autonomy import Node, RemoteNode, Zone
 
+from ._text import brief_list
+
 __all__ = ["DESCRIBE_TIMEOUT_S", "describe_workers"]
 
 logger = logging.getLogger("autonomy.cli")
@@ -129,7 +131,7 @@ async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[s
                 "zone %s: not found in %g s: %s",
                 zone,
                 timeout_s,
-                ", ".join(name for name in wanted if name not in found),
+                brief_list(name for name in wanted if name not in found),
             )
         names = list(found)
         replies = await asyncio.gather(

@@ -1,12 +1,24 @@
-"""Text for people: uptimes and tables, as the command line prints them."""
+"""Text for people: lists cut short, uptimes and tables, as the command line prints them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterable, Sequence
+from typing import Final, TextIO
 
-__all__ = ["table", "uptime"]
+__all__ = ["LISTED_NAMES", "brief_list", "table", "uptime"]
+
+LISTED_NAMES: Final = 10
+"""How many names a message lists before it says how many more there are (a zone may have a
+thousand nodes: a message naming them all would bury what it says)."""
+
+
+def brief_list(names: Iterable[str], limit: int = LISTED_NAMES) -> str:
+    """``a, b, c`` or, past ``limit`` names, ``a, b, c, ... and 99,997 more``."""
+    items = list(names)
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", ... and {len(items) - limit:,} more"
 
 
 def uptime(started_at: float | None) -> str:
