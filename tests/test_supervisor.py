@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from autonomy.cli import _supervisor, _zonefile, main
-from autonomy.cli._detached import load_state
+from autonomy.cli._detached import delete_deployment, load_state
 from autonomy.cli._plan import LaunchSpec, plan
 from autonomy.cli._processes import describe_exit, is_alive, process_start_time
 from autonomy.cli._supervisor import Supervisor
@@ -596,51 +596,54 @@ def test_detached_deploy_list_logs_delete_leaves_no_process(
     )
     nodes = ["main-pod-main", "runner-pod-0-runner", "runner-pod-1-runner"]
     code, out, err = run_cli(capsys, "zone", "deploy", "--detach", str(folder))
-    assert code == 0, err
-    assert "zone bg: supervisor running" in out
-    assert "autonomy zone delete --zone bg" in out
+    try:
+        assert code == 0, err
+        assert "zone bg: supervisor running" in out
+        assert "autonomy zone delete --zone bg" in out
 
-    state = load_state("bg")
-    assert state is not None
-    assert state.dir == tmp_path / "state" / "zones" / "bg"
-    assert state.zone_dir == str(folder.absolute())
-    assert [n.name for n in state.nodes] == nodes
-    pids = {n.name: n.pid for n in state.nodes}
-    supervisor_pid = state.supervisor_pid
-    assert supervisor_pid is not None
-    assert state.supervisor_alive()
-    assert all(is_alive(n.pid, n.start_time) for n in state.nodes)
-    assert all(n.pgid == n.pid for n in state.nodes)
-    assert sorted(p.name for p in (state.dir / "logs").iterdir()) == [f"{n}.log" for n in nodes]
+        state = load_state("bg")
+        assert state is not None
+        assert state.dir == tmp_path / "state" / "zones" / "bg"
+        assert state.zone_dir == str(folder.absolute())
+        assert [n.name for n in state.nodes] == nodes
+        pids = {n.name: n.pid for n in state.nodes}
+        supervisor_pid = state.supervisor_pid
+        assert supervisor_pid is not None
+        assert state.supervisor_alive()
+        assert all(is_alive(n.pid, n.start_time) for n in state.nodes)
+        assert all(n.pgid == n.pid for n in state.nodes)
+        assert sorted(p.name for p in (state.dir / "logs").iterdir()) == [f"{n}.log" for n in nodes]
 
-    code, out, _ = run_cli(capsys, "zone", "list", str(folder))
-    assert code == 0
-    rows = list_rows(out)
-    assert {name: row[:3] for name, row in rows.items()} == {
-        name: [str(pids[name]), "running", "0"] for name in nodes
-    }
+        code, out, _ = run_cli(capsys, "zone", "list", str(folder))
+        assert code == 0
+        rows = list_rows(out)
+        assert {name: row[:3] for name, row in rows.items()} == {
+            name: [str(pids[name]), "running", "0"] for name in nodes
+        }
 
-    def all_ready() -> bool:
-        return all(f"ready {n}" in (state.dir / "logs" / f"{n}.log").read_text() for n in nodes)
+        def all_ready() -> bool:
+            return all(f"ready {n}" in (state.dir / "logs" / f"{n}.log").read_text() for n in nodes)
 
-    wait_for(all_ready, 20, "every node's ready line in its log")
-    code, out, _ = run_cli(capsys, "zone", "logs", "--zone", "bg")
-    assert code == 0
-    lines = out.splitlines()
-    for n in nodes:
-        assert prefixed(lines, n, f"ready {n} pid={pids[n]}")
-        assert prefixed(lines, n, f"stderr of {n}")
-    code, out, _ = run_cli(capsys, "zone", "logs", "--dir", str(folder), "runner")
-    assert code == 0
-    assert {line.split(" | ")[0].strip() for line in out.splitlines()} == set(nodes[1:])
+        wait_for(all_ready, 20, "every node's ready line in its log")
+        code, out, _ = run_cli(capsys, "zone", "logs", "--zone", "bg")
+        assert code == 0
+        lines = out.splitlines()
+        for n in nodes:
+            assert prefixed(lines, n, f"ready {n} pid={pids[n]}")
+            assert prefixed(lines, n, f"stderr of {n}")
+        code, out, _ = run_cli(capsys, "zone", "logs", "--dir", str(folder), "runner")
+        assert code == 0
+        assert {line.split(" | ")[0].strip() for line in out.splitlines()} == set(nodes[1:])
 
-    code, out, err = run_cli(capsys, "zone", "delete", str(folder))
-    assert code == 0, err
-    assert out == "zone bg deleted\n"
-    assert all(is_gone(pid) for pid in [supervisor_pid, *pids.values()] if pid)
-    assert not state.dir.exists()
-    code, out, _ = run_cli(capsys, "zone", "delete", "--zone", "bg")
-    assert (code, out) == (0, "zone bg is not deployed in the background: nothing to delete\n")
+        code, out, err = run_cli(capsys, "zone", "delete", str(folder))
+        assert code == 0, err
+        assert out == "zone bg deleted\n"
+        assert all(is_gone(pid) for pid in [supervisor_pid, *pids.values()] if pid)
+        assert not state.dir.exists()
+        code, out, _ = run_cli(capsys, "zone", "delete", "--zone", "bg")
+        assert (code, out) == (0, "zone bg is not deployed in the background: nothing to delete\n")
+    finally:
+        delete_deployment("bg", stop_timeout_s=5)  # when an assertion failed midway
 
 
 def test_detached_zone_that_already_runs_is_not_deployed_twice(
