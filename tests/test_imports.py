@@ -120,9 +120,11 @@ def test_the_protocol_module_is_sans_io() -> None:
     assert not top_level(imports) & {"asyncio", "zmq", "zeroconf", "socket", "selectors"}
 
 
+# _config.Env names the variables the launcher sets for its nodes: one spelling for both sides.
+CLI_PRIVATE_IMPORTS = {"autonomy._config"}
+
+
 def test_the_command_line_uses_only_the_public_api_of_the_package() -> None:
-    # _config is the exception: the command line sets the settings its nodes read, by the
-    # names that module defines.
     cli = [path for path in SOURCES if "cli" in path.relative_to(PACKAGE).parts]
     offenders = {
         f"{relative(path)}: {name}"
@@ -130,7 +132,7 @@ def test_the_command_line_uses_only_the_public_api_of_the_package() -> None:
         for name in imported_modules(path)
         if name.startswith("autonomy.")
         and not name.startswith("autonomy.cli")
-        and name != "autonomy._config"
+        and name not in CLI_PRIVATE_IMPORTS
     }
     assert not offenders, f"cli/ reaches into private modules: {sorted(offenders)}"
 
@@ -207,9 +209,7 @@ MAX_MODULE_LINES = 650
 """'No module is over about 600 lines': a module that outgrows this owns two things."""
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in MODULES if "cli" not in p.relative_to(PACKAGE).parts], ids=relative
-)
+@pytest.mark.parametrize("path", MODULES, ids=relative)
 def test_no_module_is_much_over_six_hundred_lines(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_MODULE_LINES, f"{relative(path)} has {lines} lines"

@@ -24,17 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from autonomy.cli import _supervisor, main
-from autonomy.cli._supervisor import (
-    LaunchSpec,
-    Supervisor,
-    describe_exit,
-    is_alive,
-    load_state,
-    plan,
-    process_start_time,
-)
-from autonomy.cli._zonefile import command_for, dockerfile_command, load_zone
+from autonomy.cli import _supervisor, _zonefile, main
+from autonomy.cli._detached import delete_deployment, load_state
+from autonomy.cli._plan import LaunchSpec, plan
+from autonomy.cli._processes import describe_exit, is_alive, process_start_time
+from autonomy.cli._supervisor import Supervisor
+from autonomy.cli._zonefile import load_zone
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "AUTONOMY_TEST_MARK"
@@ -381,6 +376,27 @@ def test_plan_layers_the_environment_and_accepts_extra_env(tmp_path: Path) -> No
     assert "s3cret" not in repr(spec)
 
 
+def test_the_longest_names_of_the_largest_zone_reach_every_node(tmp_path: Path) -> None:
+    """Every node gets every node's name in one variable, and Linux caps one variable at
+    128 KiB: the node bound keeps the longest names of the largest zone under it."""
+    limit = _zonefile.MAX_NODES
+    pod, container = "p" * 63, "c" * 63  # the longest labels
+    folder = make_zone(tmp_path, "long", [(pod, limit, [(container, "main")])], {"main": SAY_BYE})
+    specs = plan(load_zone(folder))
+    assert len(specs) == limit
+    expected = specs[-1].env["AUTONOMY_EXPECTED_NODES"]
+    assert expected.split(",") == [spec.name for spec in specs]
+    done = subprocess.run(
+        [EXE, "-c", "import os; print(os.environ['AUTONOMY_EXPECTED_NODES'])"],
+        env=specs[-1].env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, expected + "\n"), done.stderr
+
+
 async def test_crashed_node_is_reported_with_its_status_and_fails_the_deploy(
     tmp_path: Path, cli: StartCli
 ) -> None:
@@ -580,51 +596,54 @@ def test_detached_deploy_list_logs_delete_leaves_no_process(
     )
     nodes = ["main-pod-main", "runner-pod-0-runner", "runner-pod-1-runner"]
     code, out, err = run_cli(capsys, "zone", "deploy", "--detach", str(folder))
-    assert code == 0, err
-    assert "zone bg: supervisor running" in out
-    assert "autonomy zone delete --zone bg" in out
+    try:
+        assert code == 0, err
+        assert "zone bg: supervisor running" in out
+        assert "autonomy zone delete --zone bg" in out
 
-    state = load_state("bg")
-    assert state is not None
-    assert state.dir == tmp_path / "state" / "zones" / "bg"
-    assert state.zone_dir == str(folder.absolute())
-    assert [n.name for n in state.nodes] == nodes
-    pids = {n.name: n.pid for n in state.nodes}
-    supervisor_pid = state.supervisor_pid
-    assert supervisor_pid is not None
-    assert state.supervisor_alive()
-    assert all(is_alive(n.pid, n.start_time) for n in state.nodes)
-    assert all(n.pgid == n.pid for n in state.nodes)
-    assert sorted(p.name for p in (state.dir / "logs").iterdir()) == [f"{n}.log" for n in nodes]
+        state = load_state("bg")
+        assert state is not None
+        assert state.dir == tmp_path / "state" / "zones" / "bg"
+        assert state.zone_dir == str(folder.absolute())
+        assert [n.name for n in state.nodes] == nodes
+        pids = {n.name: n.pid for n in state.nodes}
+        supervisor_pid = state.supervisor_pid
+        assert supervisor_pid is not None
+        assert state.supervisor_alive()
+        assert all(is_alive(n.pid, n.start_time) for n in state.nodes)
+        assert all(n.pgid == n.pid for n in state.nodes)
+        assert sorted(p.name for p in (state.dir / "logs").iterdir()) == [f"{n}.log" for n in nodes]
 
-    code, out, _ = run_cli(capsys, "zone", "list", str(folder))
-    assert code == 0
-    rows = list_rows(out)
-    assert {name: row[:3] for name, row in rows.items()} == {
-        name: [str(pids[name]), "running", "0"] for name in nodes
-    }
+        code, out, _ = run_cli(capsys, "zone", "list", str(folder))
+        assert code == 0
+        rows = list_rows(out)
+        assert {name: row[:3] for name, row in rows.items()} == {
+            name: [str(pids[name]), "running", "0"] for name in nodes
+        }
 
-    def all_ready() -> bool:
-        return all(f"ready {n}" in (state.dir / "logs" / f"{n}.log").read_text() for n in nodes)
+        def all_ready() -> bool:
+            return all(f"ready {n}" in (state.dir / "logs" / f"{n}.log").read_text() for n in nodes)
 
-    wait_for(all_ready, 20, "every node's ready line in its log")
-    code, out, _ = run_cli(capsys, "zone", "logs", "--zone", "bg")
-    assert code == 0
-    lines = out.splitlines()
-    for n in nodes:
-        assert prefixed(lines, n, f"ready {n} pid={pids[n]}")
-        assert prefixed(lines, n, f"stderr of {n}")
-    code, out, _ = run_cli(capsys, "zone", "logs", "--dir", str(folder), "runner")
-    assert code == 0
-    assert {line.split(" | ")[0].strip() for line in out.splitlines()} == set(nodes[1:])
+        wait_for(all_ready, 20, "every node's ready line in its log")
+        code, out, _ = run_cli(capsys, "zone", "logs", "--zone", "bg")
+        assert code == 0
+        lines = out.splitlines()
+        for n in nodes:
+            assert prefixed(lines, n, f"ready {n} pid={pids[n]}")
+            assert prefixed(lines, n, f"stderr of {n}")
+        code, out, _ = run_cli(capsys, "zone", "logs", "--dir", str(folder), "runner")
+        assert code == 0
+        assert {line.split(" | ")[0].strip() for line in out.splitlines()} == set(nodes[1:])
 
-    code, out, err = run_cli(capsys, "zone", "delete", str(folder))
-    assert code == 0, err
-    assert out == "zone bg deleted\n"
-    assert all(is_gone(pid) for pid in [supervisor_pid, *pids.values()] if pid)
-    assert not state.dir.exists()
-    code, out, _ = run_cli(capsys, "zone", "delete", "--zone", "bg")
-    assert (code, out) == (0, "zone bg is not deployed in the background: nothing to delete\n")
+        code, out, err = run_cli(capsys, "zone", "delete", str(folder))
+        assert code == 0, err
+        assert out == "zone bg deleted\n"
+        assert all(is_gone(pid) for pid in [supervisor_pid, *pids.values()] if pid)
+        assert not state.dir.exists()
+        code, out, _ = run_cli(capsys, "zone", "delete", "--zone", "bg")
+        assert (code, out) == (0, "zone bg is not deployed in the background: nothing to delete\n")
+    finally:
+        delete_deployment("bg", stop_timeout_s=5)  # when an assertion failed midway
 
 
 def test_detached_zone_that_already_runs_is_not_deployed_twice(
@@ -799,6 +818,41 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "is not a zone name" in capsys.readouterr().err
 
 
+def test_exit_with_naming_no_node_or_several_is_a_usage_error_exiting_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = make_zone(
+        tmp_path,
+        "exits",
+        [("main-pod", None, [("main", "main")]), ("runner-pod", 2, [("runner", "main")])],
+        {"main": SAY_BYE},
+    )
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "nope")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        "autonomy: error: --exit-with: 'nope' names no node of zone exits; its nodes: "
+        "main-pod-main, runner-pod-0-runner, runner-pod-1-runner\n"
+    )
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "runner")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        "autonomy: error: --exit-with: 'runner' names 2 nodes of zone exits: "
+        "runner-pod-0-runner, runner-pod-1-runner; give one node's full name\n"
+    )
+
+
+def test_exit_with_error_in_a_zone_of_many_nodes_names_only_a_few(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = make_zone(tmp_path, "many", [("p", 400, [("c", "main")])], {"main": SAY_BYE})
+    code, out, err = run_cli(capsys, "zone", "deploy", str(folder), "--exit-with", "nope")
+    assert (code, out) == (2, ""), err[:1000]
+    assert err.startswith("autonomy: error: --exit-with: 'nope' names no node of zone many; its ")
+    assert err.endswith(
+        ": p-0-c, p-1-c, p-2-c, p-3-c, p-4-c, p-5-c, p-6-c, p-7-c, p-8-c, p-9-c, ... and 390 more\n"
+    ), err[:1000]
+
+
 def test_logs_of_a_zone_not_deployed_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "zone", "logs", "--zone", "absent")
     assert code == 1
@@ -834,134 +888,7 @@ def test_python_dash_m_runs_the_command(module: str) -> None:
     assert done.stdout.startswith("autonomy ")
 
 
-# -- Dockerfile → command -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("dockerfile", "expected"),
-    [
-        ('FROM x\nCOPY . .\nENTRYPOINT ["python", "main.py"]\n', ["python", "main.py"]),
-        ("FROM x\n", None),
-        ('FROM x\nCMD ["python3", "app.py", "--x"]\n', ["python3", "app.py", "--x"]),
-        (
-            'FROM x\nENTRYPOINT ["python", "main.py"]\nCMD ["--port", "8000"]\n',
-            ["python", "main.py", "--port", "8000"],
-        ),
-        (
-            'FROM x\nCMD ["--port", "8000"]\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py", "--port", "8000"],
-        ),
-        ("FROM x\nENTRYPOINT python main.py\n", ["/bin/sh", "-c", "python main.py"]),
-        (
-            'FROM x\nENTRYPOINT ["uv", "run"]\nCMD python main.py\n',
-            ["uv", "run", "/bin/sh", "-c", "python main.py"],
-        ),
-        ('FROM x\nCMD ["a"]\nCMD ["b"]\n', ["b"]),
-        ('from x\nentrypoint ["python", "main.py"]\n', ["python", "main.py"]),
-        ('FROM x\nENTRYPOINT ["python", \\\n  "main.py"]\n', ["python", "main.py"]),
-        (
-            'FROM x\n# ENTRYPOINT ["wrong"]\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        ("FROM x\nENTRYPOINT [python, main.py]\n", ["/bin/sh", "-c", "[python, main.py]"]),
-        (
-            'FROM x AS build\nCMD ["build"]\nFROM y\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x AS base\nENTRYPOINT ["python", "main.py"]\nFROM base\nRUN true\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x AS base\nCMD ["--old"]\nFROM base\nENTRYPOINT ["python", "main.py"]\n',
-            ["python", "main.py"],
-        ),
-        (
-            'FROM x\nSHELL ["/bin/bash", "-c"]\nCMD python main.py\n',
-            ["/bin/bash", "-c", "python main.py"],
-        ),
-        ('# escape=`\nFROM x\nENTRYPOINT ["python", `\n "main.py"]\n', ["python", "main.py"]),
-        (
-            'FROM x\nRUN <<EOF\nCMD ["not", "an", "instruction"]\nEOF\nCMD ["python", "m.py"]\n',
-            ["python", "m.py"],
-        ),
-    ],
-    ids=[
-        "exec-entrypoint",
-        "none",
-        "cmd-only",
-        "entrypoint-then-cmd",
-        "cmd-then-entrypoint",
-        "shell-entrypoint",
-        "shell-cmd-after-exec-entrypoint",
-        "last-cmd-wins",
-        "lowercase",
-        "continuation",
-        "comment",
-        "bad-json-is-shell-form",
-        "final-stage-only",
-        "stage-inherits",
-        "entrypoint-resets-inherited-cmd",
-        "shell-instruction",
-        "escape-directive",
-        "heredoc-skipped",
-    ],
-)
-def test_dockerfile_command(dockerfile: str, expected: list[str] | None) -> None:
-    assert dockerfile_command(dockerfile) == expected
-
-
-def write_image(tmp_path: Path, dockerfile: str | None) -> Path:
-    image = tmp_path / "images" / "main"
-    image.mkdir(parents=True)
-    if dockerfile is not None:
-        (image / "Dockerfile").write_text(dockerfile)
-    return image
-
-
-@pytest.mark.parametrize(
-    ("dockerfile", "args", "expected"),
-    [
-        ('FROM x\nENTRYPOINT ["python", "main.py"]\n', [], [EXE, "main.py"]),
-        (None, [], [EXE, "main.py"]),
-        ("FROM x\n", ["--a"], [EXE, "main.py", "--a"]),
-        ('FROM x\nENTRYPOINT ["python", "main.py"]\n', ["--a", "1"], [EXE, "main.py", "--a", "1"]),
-        (
-            'FROM x\nENTRYPOINT ["python3", "main.py"]\nCMD ["--port", "8000"]\n',
-            [],
-            [EXE, "main.py", "--port", "8000"],
-        ),
-        (
-            'FROM x\nENTRYPOINT ["python3", "main.py"]\nCMD ["--port", "8000"]\n',
-            ["--b"],
-            [EXE, "main.py", "--b"],
-        ),
-        ('FROM x\nCMD ["/usr/local/bin/python3.11", "-u", "app.py"]\n', [], [EXE, "-u", "app.py"]),
-        ('FROM x\nCMD ["uvicorn", "app:app"]\n', [], ["uvicorn", "app:app"]),
-        ('FROM x\nCMD ["pythonista"]\n', [], ["pythonista"]),
-        (
-            "FROM x\nCMD exec python main.py\n",
-            [],
-            ["/bin/sh", "-c", f"exec {shlex.quote(EXE)} main.py"],
-        ),
-    ],
-    ids=[
-        "guide",
-        "no-dockerfile",
-        "default-plus-args",
-        "args-appended-to-entrypoint",
-        "cmd-as-entrypoint-args",
-        "args-replace-cmd",
-        "absolute-python",
-        "not-python",
-        "python-prefix-only",
-        "shell-form-python",
-    ],
-)
-def test_command_for(
-    tmp_path: Path, dockerfile: str | None, args: list[str], expected: list[str]
-) -> None:
-    assert command_for(write_image(tmp_path, dockerfile), args) == expected
+# -- the parts --------------------------------------------------------------------------------
 
 
 def test_describe_exit() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from autonomy import ConfigError
+from autonomy.cli import _zonefile
 from autonomy.cli._zonefile import Container, Pod, ZoneFile, load_zone, node_name
 
 HELLO = """\
@@ -311,6 +312,41 @@ def test_pod_name_that_is_not_a_dns_label_is_refused(tmp_path: Path) -> None:
 def test_clones_that_is_not_a_positive_integer_is_refused(tmp_path: Path, clones: str) -> None:
     error = config_error(tmp_path, DISTRIBUTE.replace("clones: 5", f"clones: {clones}"))
     assert_names(error, tmp_path, "pods[1].clones", "expected a positive integer", "line 12")
+
+
+def test_a_zone_of_more_nodes_than_one_machine_runs_is_refused(tmp_path: Path) -> None:
+    """`clones: 100000` would start 100,000 processes: refused, naming the key, at once."""
+    error = config_error(tmp_path, DISTRIBUTE.replace("clones: 5", "clones: 100000"))
+    assert_names(
+        error,
+        tmp_path,
+        "pods[1].clones",
+        "100,000 clones of 1 container make 100,000 nodes, 100,001 in the zone",
+        "at most",
+        "line 12",
+    )
+    assert len(str(error)) < 300
+
+
+def test_the_node_bound_counts_every_pod_and_container(tmp_path: Path) -> None:
+    limit = _zonefile.MAX_NODES
+    # main-pod is one node, so runner-pod may have limit - 1 clones and not one more.
+    at_limit = DISTRIBUTE.replace("clones: 5", f"clones: {limit - 1}")
+    assert len(load_zone(write_zone(tmp_path / "fits", at_limit)).nodes) == limit
+    error = config_error(tmp_path, DISTRIBUTE.replace("clones: 5", f"clones: {limit}"))
+    assert_names(error, tmp_path, "pods[1].clones", f"{limit + 1:,} in the zone")
+    # Each clone is as many nodes as its pod has containers.
+    runner = "      - name: runner\n        image: runner\n"
+    sidecar = "      - name: sidecar\n        image: main\n"
+    two_containers = DISTRIBUTE.replace(runner, runner + sidecar)
+    error = config_error(tmp_path, two_containers.replace("clones: 5", f"clones: {limit // 2}"))
+    assert_names(
+        error,
+        tmp_path,
+        "pods[1].clones",
+        f"{limit // 2:,} clones of 2 containers make {limit // 2 * 2:,} nodes",
+        f"at most {limit:,} nodes",
+    )
 
 
 def test_public_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:

@@ -1,44 +1,48 @@
 """The ``autonomy`` command: runs zone folders on this machine (deploy, logs, list, delete).
 
-Layout: ``_zonefile`` reads autonomy.yaml and Dockerfiles, ``_supervisor`` runs and stops the
-processes, and this module parses the command line and prints. ``main(argv)`` returns the exit
-status: 0 ok, 1 a runtime failure (a node failed, the zone could not start), 2 a usage or
-configuration error.
+This module parses the command line, runs the command and prints. The work is done by:
+
+- ``_zonefile``: autonomy.yaml → a validated `ZoneFile`; ``_dockerfile``: an image's command;
+- ``_plan``: the zone's processes (`LaunchSpec`), ``_processes``: /proc, signals, strays;
+- ``_supervisor``: runs and stops a zone's processes (the foreground run);
+- ``_detached``: the daemon of a detached zone and its state; ``_logs``: its logs;
+- ``_mesh``: asks a running zone which workers its nodes host; ``_text``: tables and such.
+
+``main(argv)`` returns the exit status: 0 ok, 1 a runtime failure (a node failed, the zone
+could not start), 2 a usage or configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.metadata
 import logging
 import os
-import secrets
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
-from autonomy import ConfigError, Node, RemoteNode, Zone
+from autonomy import ConfigError, Zone
+from autonomy._config import Env
 
-from ._supervisor import (
-    STOP_TIMEOUT_S,
+from ._detached import (
     DeploymentState,
     LaunchError,
+    SupervisorStatus,
     delete_deployment,
     deploy_detached,
-    deploy_foreground,
     list_deployments,
     load_state,
-    node_status,
-    print_logs,
-    supervisor_status,
+    refuse_if_detached,
     zone_state_dir,
 )
+from ._logs import print_logs
+from ._mesh import describe_workers
+from ._supervisor import STOP_TIMEOUT_S, NodeState, deploy_foreground
+from ._text import brief_list, table, uptime
 from ._zonefile import ZONE_FILE_NAME, ZoneFile, load_zone
 
 __all__ = ["main"]
@@ -55,138 +59,13 @@ def _version() -> str:
         return "0+unknown"
 
 
-DESCRIBE_TIMEOUT_S: Final = 5.0
-"""How long ``zone list`` spends finding a zone's nodes to ask for their workers (a zone
-whose containers are not nodes, say a database, takes that long)..."""
-
-_SETTLE_S: Final = 1.5
-"""...but once one of them answered, only until no other joined for this long..."""
-
-_LIST_TIMEOUT_S: Final = 2.0
-"""...and then how long each node found has to answer ``list_workers``."""
-
-_MESH_LOGGERS: Final = ("autonomy.node", "autonomy.discovery", "autonomy.transport")
-
-
-def _describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] | None:
-    """Hook for ``zone list``: the names of the workers each running node hosts, by node.
-
-    Asks over the mesh, through the public API only: a temporary node (``cli-<hex>``, bound
-    to 127.0.0.1, mDNS discovery on) joins ``zone``, waits until the named nodes are members
-    (``Zone.nodes``), and calls ``list_workers`` on each. Bounded: `DESCRIBE_TIMEOUT_S` to
-    find them (`_SETTLE_S` after the last one joined, when some are missing: containers that
-    are not nodes), then `_LIST_TIMEOUT_S` for their answers.
-
-    Returns ``{node name: [worker names]}``. A node that was not found in time, or did not
-    answer, is **omitted** (never shown with an empty list: that would invent data); a node
-    that answered with no workers maps to ``[]``. Returns None when the temporary node could
-    not run at all (logged as a warning). Never prints, never hangs: the whole query is
-    bounded, and it runs on a loop of its own (in a thread when called from inside one).
-
-    Limits: nodes bound to another interface than loopback (``AUTONOMY_BIND``) are not
-    discovered from here; for a moment the zone has one more member, named ``cli-...``.
-    """
-    wanted = list(dict.fromkeys(nodes))
-    if not wanted:
-        return {}
-    quiet = not logger.isEnabledFor(logging.DEBUG)
-    saved = {name: logging.getLogger(name).level for name in _MESH_LOGGERS}
-    if quiet:  # the temporary node's chatter (peers leaving, timeouts) is not for the user
-        for name in _MESH_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S))
-        result: list[dict[str, list[str]]] = []
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                result.append(asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S)))
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run, name="autonomy-describe-workers", daemon=True)
-        thread.start()
-        thread.join(DESCRIBE_TIMEOUT_S + _LIST_TIMEOUT_S + 10.0)
-        if errors:
-            raise errors[0]
-        if not result:
-            raise TimeoutError("no answer in time")
-        return result[0]
-    except Exception as exc:
-        logger.warning("could not ask zone %s for its workers: %s", zone, exc)
-        return None
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
-async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[str, list[str]]:
-    """`_describe_workers` on an event loop: the answers that came in time.
-
-    Finding the nodes takes at most ``timeout_s``; asking those found, at most
-    `_LIST_TIMEOUT_S` more.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    found: dict[str, RemoteNode] = {}
-    answers: dict[str, list[str]] = {}
-    async with Node(
-        f"cli-{secrets.token_hex(4)}", zone=zone, bind="127.0.0.1", discovery=True
-    ) as node:
-        try:
-            # A guard only: Zone.nodes returns by itself at the deadline, with what it found.
-            async with asyncio.timeout_at(deadline + 1.0):
-                seen = 1  # members of the zone at the last look, this node included
-                while loop.time() < deadline:
-                    # Wait (on membership changes, not by polling) for one more member than
-                    # last time: until the first node we want came, at most until the
-                    # deadline; after that, running nodes answer mDNS together, so a quiet
-                    # `_SETTLE_S` means the rest are not nodes (a container may be a database).
-                    budget = deadline - loop.time()
-                    if found:
-                        budget = min(budget, _SETTLE_S)
-                    members = await Zone.nodes(
-                        node, count=seen + 1, timeout=max(1.0, budget * 1000)
-                    )
-                    found = {
-                        m.name: m for m in members if isinstance(m, RemoteNode) and m.name in wanted
-                    }
-                    if len(found) == len(wanted) or (found and len(members) <= seen):
-                        break
-                    seen = len(members)
-        except TimeoutError:
-            pass
-        if len(found) < len(wanted):
-            logger.debug(
-                "zone %s: not found in %g s: %s",
-                zone,
-                timeout_s,
-                ", ".join(name for name in wanted if name not in found),
-            )
-        names = list(found)
-        replies = await asyncio.gather(
-            *(asyncio.wait_for(found[name].list_workers(), _LIST_TIMEOUT_S) for name in names),
-            return_exceptions=True,
-        )
-        for name, reply in zip(names, replies, strict=True):
-            if isinstance(reply, BaseException):
-                logger.debug("node %s of zone %s: no worker list: %r", name, zone, reply)
-                continue
-            answers[name] = [str(worker["name"]) for worker in reply]
-    return answers
-
-
 def _launcher_env(zone: ZoneFile) -> dict[str, str]:
     """Environment the launcher itself gives every node of a zone: the zone's secret.
 
     It wins over the containers' ``env`` and, in detached mode, reaches the supervisor
     through a pipe, never the disk.
     """
-    return {"AUTONOMY_ZONE_SECRET": Zone.secret(zone.name)}
+    return {Env.ZONE_SECRET.value: Zone.secret(zone.name)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,60 +87,38 @@ class _Formatter(logging.Formatter):
         return text
 
 
-def _uptime(started_at: float | None) -> str:
-    if started_at is None:
-        return "-"
-    seconds = max(0, int(time.time() - started_at))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        out.write("  ".join(cells).rstrip() + "\n")
-
-
 def _print_zone(state: DeploymentState, out: TextIO, *, workers_column: bool = True) -> None:
-    supervisor = supervisor_status(state)
-    pid = f" (pid {state.supervisor_pid})" if supervisor in ("running", "stopping") else ""
+    supervisor = state.supervisor_status()
+    alive = supervisor in (SupervisorStatus.RUNNING, SupervisorStatus.STOPPING)
+    pid = f" (pid {state.supervisor_pid})" if alive else ""
     out.write(
         f"zone {state.zone}: supervisor {supervisor}{pid}, {len(state.nodes)} node(s), "
         f"restart {'on' if state.restart else 'off'}\n"
     )
     out.write(f"  folder {state.zone_dir}\n  state  {state.dir}\n")
     workers = None
-    if workers_column and supervisor == "running":
-        workers = _describe_workers(state.zone, [node.name for node in state.nodes])
+    if workers_column and supervisor is SupervisorStatus.RUNNING:
+        workers = describe_workers(state.zone, [node.name for node in state.nodes])
     header = ["NODE", "PID", "STATUS", "RESTARTS", "UPTIME"]
     if workers is not None:
         header.append("WORKERS")
     rows = [header]
     for node in state.nodes:
-        status = node_status(state, node)
-        running = status == "running"
+        status = state.node_status(node)
+        running = status == NodeState.RUNNING
         row = [
             node.name,
             str(node.pid) if running and node.pid else "-",
             status,
             str(node.restarts),
-            _uptime(node.started_at) if running else "-",
+            uptime(node.started_at) if running else "-",
         ]
         if workers is not None:
             # "-": reached, no workers; "?": not reached over the mesh.
             names = workers.get(node.name)
             row.append("?" if names is None else ", ".join(names) or "-")
         rows.append(row)
-    _table(rows, out)
+    table(rows, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +173,26 @@ def _require_state(zone: str) -> DeploymentState:
     return state
 
 
+def _exit_node(zone: ZoneFile, exit_with: str) -> str:
+    """The node ``--exit-with`` names: its full name, or a part of exactly one node's name."""
+    names = zone.node_names()
+    named = [name for name in names if name == exit_with] or [
+        name for name in names if exit_with in name
+    ]
+    if not named:
+        raise ConfigError(
+            f"{exit_with!r} names no node of zone {zone.name}; its nodes: {brief_list(names)}",
+            key="--exit-with",
+        )
+    if len(named) > 1:
+        raise ConfigError(
+            f"{exit_with!r} names {len(named):,} nodes of zone {zone.name}: "
+            f"{brief_list(named)}; give one node's full name",
+            key="--exit-with",
+        )
+    return named[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Commands
 
@@ -327,11 +204,11 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             zone, restart=args.restart, extra_env=_launcher_env(zone), stop_timeout_s=args.timeout
         )
         _print_zone(state, sys.stdout, workers_column=False)
-        failed = [node.name for node in state.nodes if node.state == "failed"]
+        failed = [node.name for node in state.nodes if node.state is NodeState.FAILED]
         if failed:
             logger.warning(
                 "could not start: %s (see `autonomy zone list --zone %s`)",
-                ", ".join(failed),
+                brief_list(failed),
                 zone.name,
             )
         print(
@@ -341,12 +218,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             f"  autonomy zone delete --zone {zone.name}    stop it and remove its state"
         )
         return 0
+    refuse_if_detached(zone.name)
     result = deploy_foreground(
         zone,
         restart=args.restart,
         extra_env=_launcher_env(zone),
         stop_timeout_s=args.timeout,
-        exit_with=args.exit_with,
+        exit_with=_exit_node(zone, args.exit_with) if args.exit_with is not None else None,
     )
     if result.exit_node is not None and result.exit_node[1] != 0:
         name, code = result.exit_node
@@ -373,7 +251,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         if not nodes:
             raise ConfigError(
                 f"no node of zone {name} matches {args.node!r}; its nodes: "
-                + ", ".join(n.name for n in state.nodes)
+                + brief_list(n.name for n in state.nodes)
             )
     try:
         print_logs(state, nodes, sys.stdout, follow=args.follow)
