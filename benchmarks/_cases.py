@@ -9,6 +9,7 @@ in the same process, against runner processes of the same kind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,8 @@ from ._runner import COUNT_QUERY
 
 LOCAL_INFLIGHT: Final = 100
 REMOTE_INFLIGHT: Final = 1000
+FLOOD_INFLIGHT: Final = 30_000
+"""Three times MAX_PENDING_PER_PEER: callers past the limit wait for a slot as calls end."""
 FANOUT: Final = (1, 2, 4)
 PAYLOADS: Final = (100, 10 * 1024)
 TIMEOUT_MS: Final = 10_000
@@ -236,13 +239,13 @@ def _rtt() -> tuple[Fn, Fn]:
     return ours, raw
 
 
-def _pipelined(runners: int) -> tuple[Fn, Fn]:
+def _pipelined(runners: int, inflight: int = REMOTE_INFLIGHT) -> tuple[Fn, Fn]:
     async def ours(bench: Bench, size: int, seconds: float) -> Sample:
         remotes = bench.far.remotes
         message = _message(size)
         calls = [
             functools.partial(remotes[slot % runners].send_and_receive, "echo", message, TIMEOUT_MS)
-            for slot in range(REMOTE_INFLIGHT)
+            for slot in range(inflight)
         ]
         return await measure_throughput(calls, seconds)
 
@@ -250,8 +253,7 @@ def _pipelined(runners: int) -> tuple[Fn, Fn]:
         peers = bench.far.raw
         payload = _raw_payload(size)
         calls = [
-            functools.partial(peers[slot % runners].request, payload)
-            for slot in range(REMOTE_INFLIGHT)
+            functools.partial(peers[slot % runners].request, payload) for slot in range(inflight)
         ]
         return await measure_throughput(calls, seconds)
 
@@ -316,6 +318,15 @@ def all_cases(curve: bool = True) -> list[Case]:
                     params,
                 )
             )
+        if size == PAYLOADS[0]:
+            ours, raw = _pipelined(1, FLOOD_INFLIGHT)
+            what = (
+                f"remote send_and_receive, {FLOOD_INFLIGHT:,} in flight (past the limit of "
+                f"calls in flight per peer), plain, {label}"
+            )
+            params = {"secure": False, "inflight": FLOOD_INFLIGHT, "runners": 1}
+            flood = Case("remote_flood", what, "throughput", size, ours, raw, "req/s")
+            cases.append(dataclasses.replace(flood, notes=echo_note, params=params))
         for runners in FANOUT[1:]:
             ours, raw = _pipelined(runners)
             what = f"fan-out to {runners} runners, {REMOTE_INFLIGHT} in flight round-robin, {label}"
