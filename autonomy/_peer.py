@@ -58,9 +58,10 @@ __all__ = [
 log = logging.getLogger("autonomy.node")
 
 PEER_UNREACHABLE_S: Final = 3.0
-"""A call to a peer that is not connected waits this long for it to (re)connect, then fails
-with `PeerUnavailableError`. A connected peer that dies is seen at once (the kernel closes
-the connection); a silent partition in about 2 s (ZMTP heartbeats, see ``_transport``)."""
+"""A call to a peer never reached yet waits this long for it to connect, then fails with
+`PeerUnavailableError`. A peer known to be gone (it said goodbye, its connection dropped, it
+refused us) fails calls at once: a connected peer that dies is seen at once (the kernel
+closes the connection), a silent partition in about 2 s (ZMTP heartbeats, ``_transport``)."""
 
 SEND_WINDOW: Final = 1000
 """One-way messages a sender may have in flight to one remote worker before it waits for
@@ -84,10 +85,6 @@ class LinkState(enum.Enum):
     """The peer said goodbye."""
     CLOSED = "closed"
     """We closed it (the peer left the zone, or this node stopped)."""
-
-
-_FINAL: Final = (LinkState.REFUSED, LinkState.CLOSED)
-"""States in which waiting for the peer to come up is pointless."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +201,11 @@ class Link:
                 _wake_first(self.slot_waiters)
 
     async def _wait_up(self, deadline: float, worker: str, timeout_s: float) -> None:
-        now = self._links.loop.time()
-        if self.state is not LinkState.CONNECTING and now - self.since > PEER_UNREACHABLE_S:
+        # A peer known to be gone (it said goodbye, its connection dropped, it refused us)
+        # fails calls at once; only a peer never reached yet is waited for.
+        if self.state is not LinkState.CONNECTING:
             raise PeerUnavailableError(self.label, self.reason)
+        now = self._links.loop.time()
         limit = min(deadline, max(self.since, now) + PEER_UNREACHABLE_S)
         if not await _park(self.up_waiters, limit):
             if limit >= deadline:
@@ -451,8 +450,7 @@ class Links:
                 future.set_exception(_fresh(error))
         for waiters in link.credit_waiters.values():
             _fail_all(waiters, error)
-        if state in _FINAL:
-            _fail_all(link.up_waiters, error)
+        _fail_all(link.up_waiters, error)
         _fail_all(link.slot_waiters, error)
         # Windows restart from zero: a restarted peer has fresh mailboxes.
         link.credit.clear()

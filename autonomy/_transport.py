@@ -74,6 +74,7 @@ _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE: Final = int(zmq.RCVMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
+_MECHANISM_MISMATCH: Final = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 
 
 class PeerEvent(enum.Enum):
@@ -300,18 +301,25 @@ class DealerSocket:
                     PeerEvent.REFUSED, "it refused our key: we do not hold its zone's secret"
                 )
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                self._on_event(
-                    PeerEvent.REFUSED,
-                    "the handshake failed: one side is in plain mode, or speaks another protocol",
-                )
+                if event["value"] == _MECHANISM_MISMATCH:
+                    reason = (
+                        "one of the two nodes is secure (CURVE) and the other runs in plain "
+                        "mode: set AUTONOMY_SECURE alike on every node of the zone"
+                    )
+                else:
+                    reason = "the handshake failed: it speaks another protocol"
+                self._on_event(PeerEvent.REFUSED, reason)
             else:
-                # No detail: the peer closed the connection during the handshake. A peer with
-                # other CURVE keys does that, and so does one that is just stopping: a drop,
-                # and libzmq keeps retrying.
+                # No detail: the peer closed the connection during the handshake. A node
+                # with other CURVE keys does that, and so does a plain node (to our CURVE
+                # greeting), and one that is just stopping: a drop, libzmq keeps retrying.
                 self._on_event(
                     PeerEvent.HANDSHAKE_CLOSED,
-                    "the connection closed during the handshake (does it share this zone's "
-                    "secret?)",
+                    "the connection closed during the handshake: the node there does not hold "
+                    "this zone's secret, or runs in plain mode"
+                    if self._transport.keys is not None
+                    else "the connection closed during the handshake: the node there is "
+                    "secure (CURVE) and this one runs in plain mode",
                 )
 
     def send(self, frame: bytes) -> None:

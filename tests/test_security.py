@@ -196,11 +196,25 @@ async def test_plain_mode_is_explicit_loud_and_refuses_shipped_code_by_default(
             await bounded(remote.start_worker("echo", Echoer()))
         await plain.start_worker("echo", Echoer())
         assert await remote.send_and_receive("echo", "plain", timeout=5000) == "plain"
-        # A secure node and a plain one cannot talk, either way.
-        with pytest.raises(PeerUnavailableError):
-            await secure.connect(plain.endpoint, timeout=3000)
-        with pytest.raises(PeerUnavailableError):
-            await plain.connect(secure.endpoint, timeout=3000)
+        # A secure node and a plain one cannot talk, either way, and the error says why
+        # (not "no answer to hello" after the unreachable bound).
+        with pytest.raises(PeerUnavailableError, match="plain mode") as caught:
+            await bounded(secure.connect(plain.endpoint, timeout=60_000))
+        assert "no answer" not in str(caught.value)
+        with pytest.raises(PeerUnavailableError, match="plain mode") as caught:
+            await bounded(plain.connect(secure.endpoint, timeout=60_000))
+        assert "no answer" not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["AUTONOMY_ZONE_SECRET", "AUTONOMY_ZONE_SECRET_FILE"])
+async def test_a_secret_setting_that_is_set_but_empty_is_a_config_error_at_start(
+    zone: str, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # As from `AUTONOMY_ZONE_SECRET=$SECRET` with $SECRET unset: not silently "unset".
+    monkeypatch.setenv(variable, "")
+    with pytest.raises(ConfigError, match=variable):
+        async with Node(zone=zone, bind="127.0.0.1", discovery=False):
+            pass
 
 
 async def test_plain_mode_ships_workers_only_when_asked_explicitly(zone: str) -> None:
