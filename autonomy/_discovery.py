@@ -95,6 +95,8 @@ class Membership:
         self._subscribers: list[tuple[Callable[[Member], None], Callable[[Member, str], None]]] = []
         self._waiters: set[asyncio.Future[None]] = set()
         self._last_change = time.monotonic()
+        self.version = 0
+        """Bumped by every join and leave: whoever caches a lookup knows when to redo it."""
 
     @property
     def zone(self) -> str:
@@ -239,6 +241,7 @@ class Membership:
                 log.exception("membership leave callback %r failed", on_leave)
 
     def _changed(self) -> None:
+        self.version += 1
         self._last_change = time.monotonic()
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ._discovery import Discovery, Member, Membership
-from ._errors import AutonomyError, ConfigError, DiscoveryError
+from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
 from ._peer import PEER_UNREACHABLE_S, Identity, Link, Links, LinkState
 from ._protocol import MEMBERS, VERSION
 
-__all__ = ["GOSSIP_INTERVAL_S", "ZoneAgent"]
+__all__ = ["GOSSIP_INTERVAL_S", "MemberLink", "ZoneAgent"]
 
 log = logging.getLogger("autonomy.discovery")
 
@@ -92,10 +92,13 @@ class ZoneAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._verifying: dict[str, asyncio.Task[None]] = {}
+        self._departed: dict[str, str] = {}
+        """Why each node that left did (the latest few): a call to it says so."""
         self._removals: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.monotonic()
         """When this node joined (monotonic clock): `Zone.nodes` lets discovery settle."""
         self.candidates.subscribe(self._on_candidate, self._on_candidate_left)
+        self.members.subscribe(self._on_member_joined, self._on_member_left)
         links.on_change = self.link_changed
 
     def __repr__(self) -> str:
@@ -141,6 +144,31 @@ class ZoneAgent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    # -- members by name ---------------------------------------------------------------------
+
+    def link_to(self, name: str) -> Link:
+        """The link to the member called ``name``, whichever instance of it is a member now.
+
+        Raises:
+            PeerUnavailableError: no node of that name is a member (it left, or never joined).
+        """
+        member = self.members.get(name)
+        if member is None:
+            reason = self._departed.get(name)
+            raise PeerUnavailableError(
+                repr(name),
+                f"it left the zone ({reason})" if reason else "it is not a member of the zone",
+            )
+        return self._links.get(member.endpoint, name)
+
+    def _on_member_joined(self, member: Member) -> None:
+        self._departed.pop(member.name, None)
+
+    def _on_member_left(self, member: Member, reason: str) -> None:
+        if len(self._departed) >= 1000:
+            self._departed.clear()
+        self._departed[member.name] = reason
 
     # -- candidates become members once reached ------------------------------------------
 
@@ -279,3 +307,29 @@ class ZoneAgent:
                 and all(isinstance(part, str) and part for part in entry)
             ):
                 self.heard_of(entry[0], entry[1], entry[2], "peers")
+
+
+class MemberLink:
+    """A node of the zone by name, resolved to a link on each call: while no node of that
+    name is a member, calls fail at once; when one is again (a restart, at a new address),
+    the same handle reaches it. The lookup is cached until the membership changes."""
+
+    __slots__ = ("_agent", "_link", "_version", "name")
+
+    def __init__(self, agent: ZoneAgent, name: str) -> None:
+        self._agent = agent
+        self.name = name
+        self._link: Link | None = None
+        self._version = -1
+
+    def __call__(self) -> Link:
+        version = self._agent.members.version
+        link = self._link
+        if link is None or version != self._version:
+            link = self._link = self._agent.link_to(self.name)
+            self._version = version
+        return link
+
+    def last(self) -> Link | None:
+        """The link of the last successful lookup, if any."""
+        return self._link

@@ -30,7 +30,7 @@ from ._errors import (
 )
 from ._inbound import Inbound
 from ._mailbox import MAILBOX_SIZE, Mailbox, Workers
-from ._membership import ZoneAgent
+from ._membership import MemberLink, ZoneAgent
 from ._peer import Identity, Link, Links
 from ._protocol import MAX_FRAME_BYTES, check_name
 from ._remote import RemoteNode
@@ -146,7 +146,9 @@ class Node(NodeInterface):
         self._state = NodeState.NEW
         self._workers = Workers(self, mailbox_size)
         self._remotes: dict[str, tuple[Link, RemoteNode]] = {}
-        """Per endpoint, the `RemoteNode` handed out for its current link."""
+        """Per endpoint, the `RemoteNode` handed out for its current link (``connect``)."""
+        self._members: dict[str, RemoteNode] = {}
+        """Per name, the `RemoteNode` that follows the zone's member of that name."""
         self._transport: Transport | None = None
         self._links: Links | None = None
         self._inbound: Inbound | None = None
@@ -399,6 +401,9 @@ class Node(NodeInterface):
             raise SecurityError(f"the worker refers to node {name!r} of another zone ({zone!r})")
         if name == self._name:
             return self
+        assert self._agent is not None
+        if self._agent.members.get(name) is not None:
+            return self._member(name)
         return self._remote(endpoint, name)
 
     async def _do_stop_worker(self, name: str) -> None:
@@ -461,11 +466,21 @@ class Node(NodeInterface):
         return self._remote(link.endpoint, link.name)
 
     def peers(self) -> list[RemoteNode]:
-        """The other nodes of the zone this node has reached and holds as members."""
+        """The other nodes of the zone this node has reached and holds as members, sorted by
+        name. Each follows the member of its name: it reaches a restarted node too."""
         agent = self._agent
         if agent is None or self._state is not NodeState.RUNNING:
             return []
-        return [self._remote(m.endpoint, m.name) for m in agent.members.members()]
+        return [self._member(m.name) for m in agent.members.members()]
+
+    def _member(self, name: str) -> RemoteNode:
+        """The `RemoteNode` for the zone's member called ``name``, now or later."""
+        remote = self._members.get(name)
+        if remote is None:
+            assert self._agent is not None
+            link = MemberLink(self._agent, name)
+            remote = self._members[name] = RemoteNode(self.zone, self._max_frame_bytes, name, link)
+        return remote
 
     def _remote(self, endpoint: str, name: str) -> RemoteNode:
         """The `RemoteNode` for the peer at ``endpoint`` (its link is dialed now)."""
@@ -475,7 +490,7 @@ class Node(NodeInterface):
         known = self._remotes.get(endpoint)
         if known is not None and known[0] is link:
             return known[1]
-        remote = RemoteNode(self.zone, self._max_frame_bytes, lambda: link)
+        remote = RemoteNode(self.zone, self._max_frame_bytes, link.name or endpoint, lambda: link)
         self._remotes[endpoint] = (link, remote)
         return remote
 

@@ -1,7 +1,10 @@
 """`RemoteNode`: another node of the zone, with the same methods as the local `Node`.
 
 A remote node is a view: the local node owns the connection (a `Link`), the requests in
-flight and their timeouts; this class turns each public call into a call on that link.
+flight and their timeouts; this class turns each public call into a call on that link. Which
+link is decided on each call: a node of the zone is named (`Zone.nodes` gives handles that
+follow the member of that name across restarts), a node reached with ``connect`` is an
+endpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 from ._base import NodeInterface, timeout_seconds
-from ._errors import MessageTooLargeError, ProtocolError
+from ._errors import MessageTooLargeError, PeerUnavailableError, ProtocolError
 from ._peer import Link
 from ._protocol import ENVELOPE_OVERHEAD, LIST, PING, START, STOP
 from ._shipping import dumps_worker, node_reference
@@ -26,23 +29,33 @@ class RemoteNode(NodeInterface):
     Built by the framework (`Zone.nodes`, `Node.connect`); never constructed directly.
     """
 
-    __slots__ = ("_limit", "_link", "_zone")
+    __slots__ = ("_last", "_limit", "_link", "_name", "_zone")
 
-    def __init__(self, zone: str, limit: int, link: Callable[[], Link]) -> None:
+    def __init__(self, zone: str, limit: int, name: str, link: Callable[[], Link]) -> None:
         self._zone = zone
         self._limit = limit
+        self._name = name
         self._link = link
+        self._last: Link | None = None
 
     @property
     def name(self) -> str:
         """The remote node's name."""
-        link = self._link()
-        return link.name or link.endpoint
+        return self._name
+
+    def _current(self) -> Link | None:
+        try:
+            self._last = self._link()
+        except PeerUnavailableError:
+            pass
+        return self._last
 
     @property
     def endpoint(self) -> str:
-        """The ZeroMQ endpoint of the remote node's ROUTER."""
-        return self._link().endpoint
+        """The ZeroMQ endpoint of the remote node's ROUTER (the last known one while the
+        node is away)."""
+        link = self._current()
+        return link.endpoint if link is not None else ""
 
     @property
     def zone(self) -> str:
@@ -53,12 +66,18 @@ class RemoteNode(NodeInterface):
         return self._limit
 
     def is_up(self) -> bool:
-        """True while the connection to the node is established."""
-        return self._link().is_up()
+        """True while the node is reachable and the connection to it established."""
+        try:
+            return self._link().is_up()
+        except PeerUnavailableError:
+            return False
 
     def __repr__(self) -> str:
-        link = self._link()
-        return f"<RemoteNode {self.name!r} {link.state.name} {link.endpoint}>"
+        try:
+            link = self._link()
+        except PeerUnavailableError:
+            return f"<RemoteNode {self._name!r} ABSENT>"
+        return f"<RemoteNode {self._name!r} {link.state.name} {link.endpoint}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (node_reference, (self._zone, self.name, self.endpoint))

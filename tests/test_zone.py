@@ -12,7 +12,7 @@ import logging
 import pytest
 
 import autonomy._peer as peer_module
-from autonomy import Node, Zone
+from autonomy import Node, PeerUnavailableError, Zone
 from autonomy._zone import SETTLE_MAX_S
 
 from .conftest import bounded, eventually, unique
@@ -162,3 +162,28 @@ async def test_discovery_refuses_a_wildcard_bind_with_advice(zone: str) -> None:
     with pytest.raises(ConfigError, match="wildcard"):
         async with Node(zone=zone, bind="0.0.0.0"):
             pass
+
+
+async def test_a_handle_from_zone_nodes_fails_fast_while_its_node_is_away_and_reaches_it_again(
+    node: Node, runner_factory
+) -> None:
+    first = await runner_factory("runner-b")
+    (rb,) = await bounded(Zone.nodes(node, filter="runner-b", count=1, timeout=20_000), 25)
+    await bounded(rb.start_worker("echo", Echoer()))
+    assert await rb.send_and_receive("echo", "one", timeout=5000) == "one"
+    first.terminate()  # a goodbye: it leaves the zone at once
+    await eventually(lambda: node.membership.members.get("runner-b") is None, 5, "a goodbye")
+    # Away: calls fail at once and by type (a timeout below PEER_UNREACHABLE_S proves it).
+    with pytest.raises(PeerUnavailableError, match="left the zone"):
+        await rb.send_and_receive("echo", "away", timeout=1000)
+    with pytest.raises(PeerUnavailableError):
+        await rb.start_worker("echo", Echoer())
+    assert not rb.is_up()
+    assert "ABSENT" in repr(rb)
+    # A new process of the same name (a new instance, at a new address): the same handle.
+    second = await runner_factory("runner-b")
+    assert second.endpoint != first.endpoint
+    await bounded(Zone.nodes(node, filter="runner-b", count=1, timeout=20_000), 25)
+    await bounded(rb.start_worker("echo", Echoer()))
+    assert await rb.send_and_receive("echo", "two", timeout=5000) == "two"
+    assert rb.endpoint == second.endpoint
