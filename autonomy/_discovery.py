@@ -353,7 +353,6 @@ class Discovery:
             await self.stop()
             if stopped_meanwhile:
                 raise self._stopped_while_starting() from exc
-            log.warning("discovery for node %s failed to start: %r", self._name, exc)
             raise DiscoveryError(
                 f"mDNS discovery failed to start on {self._interfaces}: {exc!r}"
             ) from exc

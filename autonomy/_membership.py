@@ -33,6 +33,10 @@ log = logging.getLogger("autonomy.discovery")
 GOSSIP_INTERVAL_S: Final = 1.0
 """How often a node with seed peers asks them (and its members) whom they know."""
 
+DISCOVERY_RETRY_S: Final = 1.0
+DISCOVERY_RETRY_MAX_S: Final = 30.0
+"""mDNS that failed to start is started again after 1 s, then 2, 4... at most every 30 s."""
+
 
 def interfaces_for(endpoint: str) -> list[str]:
     """mDNS runs on the interface the node is bound to, so that it reaches exactly the
@@ -78,16 +82,7 @@ class ZoneAgent:
         """Nodes heard of, not yet (or no longer) verified."""
         self.members = Membership(identity.zone, identity.name)
         """Nodes of the zone this node has reached."""
-        self._discovery: Discovery | None = None
-        if discovery:
-            self._discovery = Discovery(
-                self.candidates,
-                name=identity.name,
-                zone=identity.zone,
-                endpoint=identity.endpoint,
-                instance=identity.instance,
-                interfaces=interfaces_for(identity.endpoint),
-            )
+        self._discovery = self._new_discovery() if discovery else None
         self._seeds = seeds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -101,6 +96,17 @@ class ZoneAgent:
         self.members.subscribe(self._on_member_joined, self._on_member_left)
         links.on_change = self.link_changed
 
+    def _new_discovery(self) -> Discovery:
+        me = self._me
+        return Discovery(
+            self.candidates,
+            name=me.name,
+            zone=me.zone,
+            endpoint=me.endpoint,
+            instance=me.instance,
+            interfaces=interfaces_for(me.endpoint),
+        )
+
     def __repr__(self) -> str:
         return (
             f"<ZoneAgent {self._me.name!r} zone={self._me.zone!r} "
@@ -111,16 +117,34 @@ class ZoneAgent:
     def start(self) -> None:
         """Start discovering in the background: the node is usable at once."""
         if self._discovery is not None:
-            self._spawn(self._start_discovery(self._discovery))
+            self._spawn(self._keep_discovering(self._discovery))
         if self._seeds:
             self._spawn(self._gossip())
 
-    async def _start_discovery(self, discovery: Discovery) -> None:
-        try:
-            await discovery.start()
-        except DiscoveryError as exc:
-            if not self._stopping:
-                log.error("node %s: %s; seed peers still work", self._me.name, exc)
+    async def _keep_discovering(self, discovery: Discovery) -> None:
+        """Start mDNS, and start it again for as long as it fails: a node whose loop was
+        blocked at start (a model loaded synchronously before the first ``await``) misses
+        zeroconf's deadlines once, and must not stay invisible for its whole life."""
+        delay = DISCOVERY_RETRY_S
+        while True:
+            try:
+                await discovery.start()
+            except DiscoveryError as exc:
+                if self._stopping:
+                    return
+                log.warning(
+                    "node %s: %s; retrying in %.0f s (seed peers work meanwhile)",
+                    self._me.name,
+                    exc,
+                    delay,
+                )
+            else:
+                return
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            delay = min(delay * 2, DISCOVERY_RETRY_MAX_S)
+            discovery = self._discovery = self._new_discovery()
 
     async def stop(self) -> None:
         """Withdraw from mDNS (a goodbye others see within milliseconds), stop every task."""
