@@ -5,6 +5,8 @@ General layout (each a private module owning one thing; arrows show what may imp
     _errors  <-  _protocol  <-  _transport  <-  _worker/_mailbox  <-  _node/_remote/_shipping
              <-  _discovery  <-  _zone  <-  this module  <-  cli/
 
+    _model, _tools  <-  _agent  (on the public node API only)  <-  this module
+
 Only the names below are public; everything under an underscore may change.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 from importlib import metadata as _metadata
 
+from ._agent import Agent as Agent
 from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
 from ._errors import AgentError as AgentError
 from ._errors import AutonomyError as AutonomyError
@@ -36,6 +39,7 @@ from ._errors import WorkerExistsError as WorkerExistsError
 from ._errors import WorkerNotFoundError as WorkerNotFoundError
 from ._errors import WorkerStartError as WorkerStartError
 from ._errors import WorkerStoppedError as WorkerStoppedError
+from ._model import Model as Model
 from ._node import Node as Node
 from ._remote import RemoteNode as RemoteNode
 from ._worker import Context as Context
@@ -49,6 +53,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
+    "Agent",
     "AgentError",
     "AutonomyError",
     "ConfigError",
@@ -58,6 +63,7 @@ __all__ = [
     "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
+    "Model",
     "ModelError",
     "ModelTimeoutError",
     "NoReplyError",
