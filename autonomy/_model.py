@@ -232,9 +232,7 @@ class Model:
         import httpx
 
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._request_s, connect=self._connect_s)
-            )
+            self._client = new_client(self._request_s, self._connect_s)
         client = self._client
         started = time.monotonic()
         too_slow = f"no answer from {url} within {self._request_s * 1000:g} ms"
@@ -263,6 +261,13 @@ class Model:
             raise ModelError(f"request to {url} failed: {exc}") from exc
         log.debug("model %r answered in %.3f s", body["model"], time.monotonic() - started)
         return completion
+
+
+def new_client(request_s: float, connect_s: float) -> httpx.AsyncClient:
+    """The HTTP client of a `Model` (the tests swap in one on an ``httpx.MockTransport``)."""
+    import httpx
+
+    return httpx.AsyncClient(timeout=httpx.Timeout(request_s, connect=connect_s))
 
 
 @dataclass(frozen=True, slots=True)
