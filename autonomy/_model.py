@@ -22,9 +22,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 from ._base import timeout_seconds
 from ._config import Settings
@@ -244,7 +244,11 @@ class Model:
                         text = (await response.aread()).decode("utf-8", "replace")
                         return _status_failure(status, text, response.headers)
                     if response.headers.get("content-type", "").startswith("text/event-stream"):
-                        completion = await _read_stream(response.aiter_lines())
+                        # aclosing: leaving at "[DONE]" must not leave the generator to the
+                        # loop's finaliser (a task that outlives the request).
+                        lines = cast("AsyncGenerator[str, None]", response.aiter_lines())
+                        async with contextlib.aclosing(lines):
+                            completion = await _read_stream(lines)
                     else:
                         completion = parse_completion(await response.aread())
         except TimeoutError as exc:  # the attempt's own deadline
