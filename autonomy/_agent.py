@@ -39,13 +39,14 @@ from ._base import NodeInterface, timeout_seconds
 from ._errors import (
     AgentError,
     AutonomyError,
+    MessageTypeError,
     ModelError,
     ModelTimeoutError,
     ProtocolError,
     ReplyTimeoutError,
     WorkerError,
 )
-from ._model import Model, ToolCall
+from ._model import Model, ToolCall, check_count
 from ._tools import Tool
 from ._worker import Context
 
@@ -165,12 +166,6 @@ def trim(messages: list[ConversationMessage], limit: int) -> list[ConversationMe
     return messages[start:]
 
 
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    return value
-
-
 @final
 class Agent:
     """A worker whose behaviour comes from a language model.
@@ -222,9 +217,9 @@ class Agent:
         self.tools = {tool.name: tool for tool in map(Tool, tools or ())}
         if len(self.tools) != len(tools or ()):
             raise TypeError("two tools have the same name")
-        self.max_iterations = _positive_int(max_iterations, "max_iterations")
-        self.max_messages = _positive_int(
-            max_messages_in_short_term_memory, "max_messages_in_short_term_memory"
+        self.max_iterations = check_count(max_iterations, "max_iterations", 1)
+        self.max_messages = check_count(
+            max_messages_in_short_term_memory, "max_messages_in_short_term_memory", 1
         )
         self._max_execution_s = timeout_seconds(max_execution_time, "max_execution_time")
         self._memory: OrderedDict[tuple[str, str], list[ConversationMessage]] = OrderedDict()
@@ -395,7 +390,7 @@ def _decode_request(message: str) -> tuple[str, str, str] | None:
 
 def _check_text(value: object, what: str) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be str, got {type(value).__name__}")
+        raise MessageTypeError(f"{what} must be str, got {type(value).__name__}")
     return value
 
 
@@ -443,6 +438,7 @@ class AgentReference:
             ModelError: the model endpoint refused, failed or answered nonsense.
             ModelTimeoutError: the model did not answer in time.
             ReplyTimeoutError: no answer within ``timeout``.
+            MessageTypeError: an argument is not a ``str`` (nothing is sent).
             WorkerNotFoundError, PeerUnavailableError, ...: as ``send_and_receive``.
         """
         return await self._request(self._envelope(message, scope, conversation), timeout)
@@ -462,7 +458,7 @@ class AgentReference:
             timeout: milliseconds the agent has to answer, in all.
 
         Raises:
-            TypeError: an argument is not a ``str`` (nothing is sent).
+            MessageTypeError: an argument is not a ``str`` (nothing is sent).
         """
         timeout_seconds(timeout)
         request = self._request(self._envelope(message, scope, conversation), timeout)

@@ -33,7 +33,7 @@ from ._errors import ModelError, ModelTimeoutError
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["Completion", "Model", "ToolCall"]
+__all__ = ["Completion", "Model", "ToolCall", "check_count"]
 
 log = logging.getLogger("autonomy.model")
 
@@ -68,6 +68,17 @@ class Completion:
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
+
+
+def check_count(value: object, what: str, minimum: int) -> int:
+    """Validate a count argument (``max_retries``, ``max_iterations``...).
+
+    Raises:
+        ValueError: it is not an ``int`` (a ``bool`` is not one here) of at least ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 @final
@@ -115,8 +126,7 @@ class Model:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        check_count(max_retries, "max_retries", 0)
         for reserved in ("model", "messages", "tools"):
             if reserved in params:
                 raise TypeError(f"{reserved!r} is set per request, not as a model parameter")

@@ -31,6 +31,8 @@ class Action:
     """Close the connection without answering."""
     delay_s: float = 0.0
     """Stall this long first (released at once when the server closes)."""
+    hold: bool = False
+    """Stall until the test calls `ScriptedServer.release` (or the server closes)."""
 
 
 def answer(content: str = "", tool_calls: list[dict[str, Any]] | None = None) -> Action:
@@ -59,6 +61,11 @@ def raw(body: bytes, content_type: str = "application/json") -> Action:
 
 def drop() -> Action:
     return Action(drop=True)
+
+
+def held(then: Action) -> Action:
+    then.hold = True
+    return then
 
 
 def slow(seconds: float, then: Action | None = None) -> Action:
@@ -121,6 +128,7 @@ class ScriptedServer:
         """Each request's JSON body, in arrival order."""
         self.headers: list[dict[str, str]] = []
         self.closing = threading.Event()
+        self.released = threading.Event()
         self._lock = threading.Lock()
         server = self
 
@@ -141,6 +149,8 @@ class ScriptedServer:
                     action = status(500, "the test scripted no more answers")
                 if action.delay_s:
                     server.closing.wait(action.delay_s)
+                if action.hold:
+                    server.released.wait(30)
                 if action.drop:
                     self.close_connection = True
                     self.connection.shutdown(2)  # SHUT_RDWR: the client sees the drop
@@ -184,8 +194,13 @@ class ScriptedServer:
         with self._lock:
             self.actions.extend(actions)
 
+    def release(self) -> None:
+        """Let the held answers go."""
+        self.released.set()
+
     def close(self) -> None:
         self.closing.set()
+        self.released.set()
         self._server.shutdown()
         self._server.server_close()  # joins the handler threads
         self._thread.join(10)

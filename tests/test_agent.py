@@ -15,6 +15,7 @@ import pytest
 from autonomy import (
     Agent,
     AgentError,
+    MessageTypeError,
     Model,
     ModelError,
     ModelTimeoutError,
@@ -35,6 +36,7 @@ from .llm_server import (
     ScriptedServer,
     answer,
     drop,
+    held,
     raw,
     slow,
     status,
@@ -121,12 +123,13 @@ async def test_send_message_returns_a_reference_whose_receive_gives_the_messages
 
 
 async def test_a_receive_that_times_out_leaves_the_request_running(node, llm) -> None:
-    llm.script(slow(0.5, answer("slow answer")))
+    llm.script(held(answer("slow answer")))
     agent = await start(node, llm)
     receiver = await agent.send_message("take your time")
     with pytest.raises(ReplyTimeoutError):
         await receiver.receive_message(timeout=50)
     assert "pending" in repr(receiver)
+    llm.release()
     assert str((await receiver.receive_message(timeout=10_000))[0].content) == "slow answer"
 
 
@@ -354,7 +357,7 @@ async def test_agents_get_unique_valid_names_unless_named(node, llm) -> None:
     assert first.name.startswith("agent-")
     names = {worker["name"] for worker in await node.list_workers()}
     assert {first.name, second.name} <= names
-    named = await start(node, llm, name="analyst")
+    named = await start(node, llm, name="analyst", timeout=5000)
     assert named.name == "analyst"
     assert repr(named) == f"<AgentReference 'analyst' on {node.name!r}>"
     with pytest.raises(WorkerExistsError):
@@ -378,9 +381,9 @@ async def test_a_reference_to_a_worker_that_is_not_an_agent_says_so(node) -> Non
 
 async def test_bad_arguments_are_refused_before_anything_is_sent(node, llm) -> None:
     agent = await start(node, llm)
-    with pytest.raises(TypeError, match="message must be str"):
+    with pytest.raises(MessageTypeError, match="message must be str, got int"):
         await agent.send(42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="scope must be str"):
+    with pytest.raises(MessageTypeError, match="scope must be str"):
         await agent.send_message("hi", scope=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
         await agent.send("hi", timeout=0)
@@ -390,6 +393,10 @@ async def test_bad_arguments_are_refused_before_anything_is_sent(node, llm) -> N
         await Agent.start(node, "x", model="gpt-4o")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_iterations"):
         await Agent.start(node, "x", max_iterations=0)
+    with pytest.raises(ValueError, match="max_execution_time"):
+        await Agent.start(node, "x", max_execution_time=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        await Agent.start(node, "x", timeout=0)
     with pytest.raises(TypeError, match="same name"):
         await Agent.start(node, "x", tools=[add, add])
     assert llm.requests == []
