@@ -362,7 +362,10 @@ def parse_completion(data: bytes | str) -> Completion:
     if not isinstance(content, str):
         raise _nonsense(f"content is a {type(content).__name__}")
     calls: list[ToolCall] = []
-    for call in message.get("tool_calls") or ():
+    tool_calls = message.get("tool_calls") or []
+    if not isinstance(tool_calls, list):
+        raise _nonsense(f"tool_calls is a {type(tool_calls).__name__}")
+    for call in tool_calls:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise _nonsense(f"a tool call without a function name: {call!r}")
@@ -390,19 +393,19 @@ async def _read_stream(lines: AsyncIterator[str]) -> Completion:
             chunk = json.loads(data)
             choice = chunk["choices"][0] if chunk.get("choices") else {}
             delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                content.append(delta["content"])
+            for part in delta.get("tool_calls") or ():
+                call = calls.setdefault(
+                    part.get("index", len(calls)), {"id": "", "name": "", "arguments": ""}
+                )
+                call["id"] = part.get("id") or call["id"]
+                function = part.get("function") or {}
+                call["name"] += function.get("name") or ""
+                call["arguments"] += function.get("arguments") or ""
+            finish_reason = choice.get("finish_reason") or finish_reason
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _nonsense(f"a stream event that is not a chunk: {data[:80]!r}") from None
-        if isinstance(delta.get("content"), str):
-            content.append(delta["content"])
-        for part in delta.get("tool_calls") or ():
-            call = calls.setdefault(
-                part.get("index", len(calls)), {"id": "", "name": "", "arguments": ""}
-            )
-            call["id"] = part.get("id") or call["id"]
-            function = part.get("function") or {}
-            call["name"] += function.get("name") or ""
-            call["arguments"] += function.get("arguments") or ""
-        finish_reason = choice.get("finish_reason") or finish_reason
     tool_calls = tuple(
         ToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"] or "{}")
         for index, call in sorted(calls.items())

@@ -177,6 +177,7 @@ def test_a_completion_with_tool_calls_is_parsed() -> None:
         b'{"choices": [{"text": "legacy completion"}]}',
         b'{"choices": [{"message": {"content": 42}}]}',
         b'{"choices": [{"message": {"tool_calls": [{"function": {}}]}}]}',
+        b'{"choices": [{"message": {"tool_calls": 7}}]}',
     ],
 )
 async def test_an_answer_that_is_not_a_chat_completion_is_a_model_error(endpoint, body) -> None:
@@ -232,12 +233,18 @@ async def test_a_streamed_answer_is_assembled_text_and_tool_calls(endpoint) -> N
     )
 
 
-async def test_a_stream_of_nonsense_is_a_model_error(endpoint) -> None:
-    endpoint(
-        httpx.Response(
-            200, content="data: {oops\n\n", headers={"content-type": "text/event-stream"}
-        )
-    )
+@pytest.mark.parametrize(
+    "event",
+    [
+        "{oops",
+        '{"choices": [{"delta": "text"}]}',
+        '{"choices": [{"delta": {"tool_calls": ["x"]}}]}',
+        '{"choices": [{"delta": {"tool_calls": [{"function": {"name": 3}}]}}]}',
+    ],
+)
+async def test_a_stream_of_nonsense_is_a_model_error(endpoint, event: str) -> None:
+    headers = {"content-type": "text/event-stream"}
+    endpoint(httpx.Response(200, content=f"data: {event}\n\n", headers=headers))
     with pytest.raises(ModelError, match="not a chunk"):
         await complete(Model("m", base_url="http://llm.test", stream=True))
 
