@@ -9,6 +9,8 @@ import email.utils
 import json
 import logging
 import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -402,3 +404,22 @@ async def test_a_used_model_pickles_without_its_client_and_resolves_again_where_
 def test_bad_arguments_are_refused_when_the_model_is_made(args, kwargs, error) -> None:
     with pytest.raises(error):
         Model(*args, **kwargs)
+
+
+# -- layering -------------------------------------------------------------------------------
+
+
+def test_httpx_is_imported_only_by_the_model_module() -> None:
+    from .test_imports import SOURCES, imported_modules, relative, top_level
+
+    importers = {relative(path) for path in SOURCES if "httpx" in top_level(imported_modules(path))}
+    assert importers == {"autonomy/_model.py"}
+
+
+def test_importing_autonomy_does_not_import_httpx() -> None:
+    """httpx is imported on a model's first request: every node of a zone imports autonomy."""
+    code = "import sys, autonomy; print('httpx' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
