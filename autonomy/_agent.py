@@ -451,7 +451,8 @@ class AgentReference:
         timeout: float = DEFAULT_REPLY_TIMEOUT_MS,
     ) -> ReceiveReference:
         """Send ``message`` and return at once; the answer is awaited with
-        `ReceiveReference.receive_message`.
+        `ReceiveReference.receive_message`, which also raises whatever the send met
+        (`WorkerNotFoundError`, `AgentError`... as `send`).
 
         Args:
             message, scope, conversation: as for `send`.
