@@ -122,6 +122,12 @@ async def test_send_message_returns_a_reference_whose_receive_gives_the_messages
     assert "done" in repr(receiver)
 
 
+async def test_what_a_send_message_met_is_raised_by_receive_message(node) -> None:
+    receiver = await AgentReference(node, "nobody").send_message("hello?")
+    with pytest.raises(WorkerNotFoundError):
+        await receiver.receive_message(timeout=10_000)
+
+
 async def test_a_receive_that_times_out_leaves_the_request_running(node, llm) -> None:
     llm.script(held(answer("slow answer")))
     agent = await start(node, llm)
@@ -437,5 +443,8 @@ async def test_an_agent_started_on_a_runner_uses_the_runners_endpoint_aliases_an
     assert str(messages[-1].content) == "done remotely"
     assert json.loads(str(messages[1].content)) == runner.pid
     assert [request["model"] for request in llm.requests] == ["served-model"] * 2
+    llm.script(status(401, "no key"))
+    with pytest.raises(ModelError, match="answered 401: no key"):
+        await bounded(agent.send("again"))
     await bounded(Agent.stop(remote, agent.name))
     assert await bounded(remote.list_workers()) == []
