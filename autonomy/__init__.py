@@ -18,6 +18,8 @@ and holds the code to it.
 zeroconf. ``cli/`` sits on top and uses the public names below, and ``_config`` for the names
 of the settings it passes to the nodes it starts.
 
+    _model, _tools  <-  _agent  (on the public node API only)  <-  this module
+
 Only the names below are public; everything under an underscore may change.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 from importlib import metadata as _metadata
 
+from ._agent import Agent as Agent
 from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
 from ._errors import AgentError as AgentError
 from ._errors import AutonomyError as AutonomyError
@@ -49,6 +52,7 @@ from ._errors import WorkerExistsError as WorkerExistsError
 from ._errors import WorkerNotFoundError as WorkerNotFoundError
 from ._errors import WorkerStartError as WorkerStartError
 from ._errors import WorkerStoppedError as WorkerStoppedError
+from ._model import Model as Model
 from ._node import Node as Node
 from ._remote import RemoteNode as RemoteNode
 from ._worker import Context as Context
@@ -62,6 +66,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
+    "Agent",
     "AgentError",
     "AutonomyError",
     "ConfigError",
@@ -71,6 +76,7 @@ __all__ = [
     "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
+    "Model",
     "ModelError",
     "ModelTimeoutError",
     "NoReplyError",

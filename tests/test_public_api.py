@@ -44,6 +44,7 @@ from autonomy import (
 
 EXPECTED_ALL = {
     "DEFAULT_TIMEOUT_MS",
+    "Agent",
     "AgentError",
     "AutonomyError",
     "ConfigError",
@@ -53,6 +54,7 @@ EXPECTED_ALL = {
     "MailboxFullError",
     "MessageTooLargeError",
     "MessageTypeError",
+    "Model",
     "ModelError",
     "ModelTimeoutError",
     "NoReplyError",
