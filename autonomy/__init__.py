@@ -6,11 +6,11 @@ TYPE_CHECKING too), so no import circle can form. ``tests/test_imports.py`` read
 and holds the code to it.
 
     1  _errors
-    2  _config  _protocol  _deadlines  _shipping
+    2  _config  _protocol  _deadlines  _shipping  _tools
     3  _secret  _transport  _discovery  _worker
     4  _mailbox  _peer  _base
-    5  _inbound  _membership  _remote
-    6  _node
+    5  _inbound  _membership  _remote  _model
+    6  _node  _agent
     7  _zone
     8  __init__
 

@@ -74,7 +74,11 @@ def test_each_module_imports_on_its_own_in_a_fresh_interpreter(path: Path) -> No
     assert result.stdout == "", f"import {name} printed: {result.stdout!r}"
 
 
-OWNERS = {"zmq": "autonomy/_transport.py", "zeroconf": "autonomy/_discovery.py"}
+OWNERS = {
+    "zmq": "autonomy/_transport.py",
+    "zeroconf": "autonomy/_discovery.py",
+    "httpx": "autonomy/_model.py",
+}
 
 
 @pytest.mark.parametrize("library", sorted(OWNERS))
