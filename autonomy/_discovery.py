@@ -88,9 +88,13 @@ class Membership:
     table. Runs on one event loop and is not thread-safe.
     """
 
-    def __init__(self, zone: str, self_name: str) -> None:
+    def __init__(
+        self, zone: str, self_name: str, admit: Callable[[Member], bool] | None = None
+    ) -> None:
+        """``admit(member)``, if given, may refuse a new or changed record (it stays out)."""
         self._zone = zone
         self._self_name = self_name
+        self._admit = admit
         self._members: dict[str, Member] = {}
         self._subscribers: list[tuple[Callable[[Member], None], Callable[[Member, str], None]]] = []
         self._waiters: set[asyncio.Future[None]] = set()
@@ -130,6 +134,8 @@ class Membership:
             return False
         old = self._members.get(member.name)
         if old == member:
+            return False
+        if self._admit is not None and not self._admit(member):
             return False
         if old is not None:
             reason = (
@@ -273,6 +279,7 @@ class Discovery:
         endpoint: str,
         instance: str,
         interfaces: list[str],
+        on_same_name: Callable[[Member], None] | None = None,
     ) -> None:
         """Check the arguments; nothing touches the network before `start()`.
 
@@ -283,6 +290,7 @@ class Discovery:
             endpoint: the address other nodes dial, e.g. ``tcp://10.0.0.5:5555``.
             instance: random lowercase hex id (8 to 32 digits) of this node's process.
             interfaces: IP addresses of the interfaces mDNS may use, e.g. ``["127.0.0.1"]``.
+            on_same_name: told of another node that advertises this node's name.
 
         Raises:
             ValueError: an argument is malformed or would not fit in a TXT record.
@@ -311,6 +319,7 @@ class Discovery:
             if len(f"{key}={value}".encode()) > _TXT_ENTRY_MAX_BYTES:
                 raise ValueError(f"{key} is too long for a TXT record: {value!r}")
         self._membership = membership
+        self._on_same_name = on_same_name
         self._name = name
         self._zone = zone
         self._endpoint = endpoint
@@ -318,7 +327,8 @@ class Discovery:
         self._interfaces = list(interfaces)
         self._addresses, self._port = _advertised_address(endpoint, self._interfaces)
         label = _UNSAFE_LABEL_CHARS.sub("-", name)[:_LABEL_NAME_MAX]
-        self._service_name = f"{label}-{instance[:_LABEL_INSTANCE_CHARS]}.{SERVICE_TYPE}"
+        # The instance's random tail: a DNS label has room for 63 bytes.
+        self._service_name = f"{label}-{instance[-_LABEL_INSTANCE_CHARS:]}.{SERVICE_TYPE}"
         self._state = _State.NEW
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -482,13 +492,8 @@ class Discovery:
             )
             return
         if member.name == self._name:
-            log.warning(
-                "another node (instance %s at %s) also calls itself %s in zone %s",
-                member.instance,
-                member.endpoint,
-                member.name,
-                member.zone,
-            )
+            if member.instance != self._instance and self._on_same_name is not None:
+                self._on_same_name(member)
             return
         self._from_service[service_name] = member
         self._membership.add(member, "mdns")

@@ -73,12 +73,14 @@ class ZoneAgent:
         discovery: bool,
         seeds: tuple[str, ...],
         expected: tuple[str, ...] = (),
+        on_conflict: Callable[[ConfigError], None] | None = None,
     ) -> None:
         self._me = identity
+        self._on_conflict = on_conflict
         self.expected = expected
         """The names of the zone's nodes, when its launcher said (``AUTONOMY_EXPECTED_NODES``)."""
         self._links = links
-        self.candidates = Membership(identity.zone, identity.name)
+        self.candidates = Membership(identity.zone, identity.name, admit=self._admits)
         """Nodes heard of, not yet (or no longer) verified."""
         self.members = Membership(identity.zone, identity.name)
         """Nodes of the zone this node has reached."""
@@ -88,6 +90,9 @@ class ZoneAgent:
         self._stopping = False
         self._verifying: dict[str, asyncio.Task[None]] = {}
         self._departed: dict[str, str] = {}
+        self._duplicates: set[str] = set()
+        """Instances refused as a second node of a member's name (logged once each)."""
+        self._name_checks: dict[str, asyncio.Task[None]] = {}
         """Why each node that left did (the latest few): a call to it says so."""
         self._removals: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.monotonic()
@@ -105,6 +110,7 @@ class ZoneAgent:
             endpoint=me.endpoint,
             instance=me.instance,
             interfaces=interfaces_for(me.endpoint),
+            on_same_name=self._same_name,
         )
 
     def __repr__(self) -> str:
@@ -234,12 +240,66 @@ class ZoneAgent:
 
     def heard_of(self, name: str, endpoint: str, instance: str, source: str) -> None:
         """A node told us of itself (a hello) or of others (gossip): a candidate."""
-        if name == self._me.name or not instance:
+        if not instance:
+            return
+        if name == self._me.name:
+            if instance != self._me.instance:
+                self._same_name(Member(name, self._me.zone, endpoint, VERSION, instance))
             return
         known = self.members.get(name)
         if known is not None and known.instance == instance and known.endpoint == endpoint:
             return
         self.candidates.add(Member(name, self._me.zone, endpoint, VERSION, instance), source)
+
+    # -- one name, one node -------------------------------------------------------------------
+
+    def _admits(self, candidate: Member) -> bool:
+        """A second node that calls itself like a live member is kept out: the first keeps
+        its name (the second stops, see `_same_name`). A restarted node is let in: its
+        predecessor's link is down, or it said goodbye."""
+        member = self.members.get(candidate.name)
+        if member is None or member.instance == candidate.instance:
+            return True
+        if candidate.instance < member.instance:
+            return True  # the candidate started first: it keeps the name
+        link = self._links.find(member.endpoint)
+        if link is None or not link.is_up():
+            return True
+        if candidate.instance not in self._duplicates:
+            self._duplicates.add(candidate.instance)
+            log.warning(
+                "node at %s also calls itself %r in zone %r: the node at %s keeps the name",
+                candidate.endpoint,
+                candidate.name,
+                self._me.zone,
+                member.endpoint,
+            )
+        return False
+
+    def _same_name(self, other: Member) -> None:
+        """Another node advertises this node's name. If it started first and answers, this
+        node yields: it stops with a `ConfigError` (the one that arrives second fails)."""
+        if other.instance >= self._me.instance or self._stopping:
+            return  # it started later: it yields to us
+        running = self._name_checks.get(other.instance)
+        if running is None or running.done():
+            self._name_checks[other.instance] = self._spawn(self._check_name(other))
+
+    async def _check_name(self, other: Member) -> None:
+        try:
+            link = await self._links.connect(other.endpoint, PEER_UNREACHABLE_S + 2)
+        except AutonomyError:
+            return  # a record of a node that is gone
+        if link.name != self._me.name or link.instance != other.instance:
+            return
+        error = ConfigError(
+            f"node name {self._me.name!r} is taken in zone {self._me.zone!r} by the node at "
+            f"{other.endpoint}, which started first: give this node another name",
+            key="name",
+        )
+        log.error("%s", error)
+        if self._on_conflict is not None:
+            self._on_conflict(error)
 
     # -- liveness from the links ------------------------------------------------------------
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self
 
@@ -22,6 +24,7 @@ from ._base import NodeInterface, check_worker, timeout_seconds
 from ._config import Settings, bind_address, seed_endpoints
 from ._deadlines import Deadlines
 from ._errors import (
+    ConfigError,
     NodeClosedError,
     ReplyTimeoutError,
     SecurityError,
@@ -123,8 +126,9 @@ class Node(NodeInterface):
         self._bind = bind_address(bind) if bind is not None else settings.bind
         self._max_frame_bytes = max_frame_bytes
         self.mailbox_size = mailbox_size
-        self.instance: str = secrets.token_hex(8)
-        """Random id of this run of the node: a restarted node has a new one."""
+        self.instance: str = f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
+        """Id of this run of the node: its start time (ms, hex) then 8 random hex digits. A
+        restarted node has a new one; of two nodes of one name, the older sorts first."""
         self.endpoint: str = ""
         """The bound ROUTER's address (``tcp://127.0.0.1:53211``), set once started."""
         self.control_timeout_s = CONTROL_TIMEOUT_MS / 1000
@@ -155,6 +159,9 @@ class Node(NodeInterface):
         self._agent: ZoneAgent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
+        self._failure: ConfigError | None = None
+        """Why the node stopped on its own (its name was taken in the zone)."""
+        self._failing: asyncio.Task[None] | None = None
         self._deadlines: Deadlines
 
     # -- identity and state -------------------------------------------------------------
@@ -242,6 +249,7 @@ class Node(NodeInterface):
                 discovery=self._discovery,
                 seeds=self._seeds,
                 expected=self._settings.expected_nodes,
+                on_conflict=self._fail,
             )
         except BaseException:
             transport.close(0)
@@ -261,6 +269,14 @@ class Node(NodeInterface):
         self._state = NodeState.RUNNING
         agent.start()
         log.info("node %r of zone %r listening at %s", self._name, self.zone, self.endpoint)
+
+    def _fail(self, error: ConfigError) -> None:
+        """The node cannot go on (its name is taken in the zone): it stops, and `Node.start`
+        raises ``error``; later calls fail with `NodeClosedError` saying why."""
+        if self._failure is None and self._state is NodeState.RUNNING:
+            self._failure = error
+            assert self._loop is not None
+            self._failing = self._loop.create_task(self.stop())
 
     def _on_router_message(self, ident: bytes, data: bytes) -> None:
         inbound = self._inbound
@@ -318,9 +334,16 @@ class Node(NodeInterface):
             **node_options: passed to :class:`Node` (``name``, ``zone``, ``bind``...).
 
         Raises:
+            TypeError: ``main`` is a plain ``def`` (it must be ``async def``).
             RuntimeError: called from inside a running event loop (use ``async with Node()``).
-            ConfigError: an ``AUTONOMY_*`` setting is invalid.
+            ConfigError: an ``AUTONOMY_*`` setting is invalid, or the node's name is taken
+                in its zone by a node that started first.
         """
+        if main is not None and _plain_function(main):
+            raise TypeError(
+                f"Node.start(main) needs `async def {main.__name__}(node)`: "
+                f"{main.__name__} is a plain function"
+            )
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -351,22 +374,31 @@ class Node(NodeInterface):
             loop.add_signal_handler(signum, interrupted.set)
         try:
             async with cls(**node_options) as node:
-                if main is not None:
-                    main_task = loop.create_task(_as_coroutine(main(node)), name="autonomy-main")
-                    stop_task = loop.create_task(interrupted.wait())
-                    try:
-                        await asyncio.wait(
-                            {main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+                assert node._stopped is not None
+                ending = [
+                    loop.create_task(interrupted.wait()),
+                    loop.create_task(node._stopped.wait()),  # it stopped on its own
+                ]
+                try:
+                    if main is not None:
+                        main_task = loop.create_task(
+                            _as_coroutine(main(node)), name="autonomy-main"
                         )
-                    finally:
-                        stop_task.cancel()
-                    if not main_task.done():
-                        main_task.cancel()
-                        await asyncio.wait({main_task})
-                        return
-                    main_task.result()  # re-raise main's exception, after the graceful stop
-                if wait:
-                    await interrupted.wait()
+                        await asyncio.wait(
+                            {main_task, *ending}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if not main_task.done():
+                            main_task.cancel()
+                            await asyncio.wait({main_task})
+                        elif not main_task.cancelled():
+                            main_task.result()  # re-raise main's exception, after the stop
+                    if wait and not any(task.done() for task in ending):
+                        await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in ending:
+                        task.cancel()
+                if node._failure is not None:
+                    raise node._failure
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
@@ -375,7 +407,8 @@ class Node(NodeInterface):
 
     def _check_running(self) -> None:
         if self._state is not NodeState.RUNNING:
-            raise NodeClosedError(f"node {self._name!r} is {self._state.value}")
+            why = f": {self._failure}" if self._failure is not None else ""
+            raise NodeClosedError(f"node {self._name!r} is {self._state.value}{why}")
 
     async def _do_start_worker(self, name: str, worker: Worker) -> None:
         self._check_running()
@@ -495,7 +528,23 @@ class Node(NodeInterface):
         return remote
 
 
+def _plain_function(main: Callable[..., object]) -> bool:
+    """A ``def`` (not ``async def``) function or method: a main that cannot be awaited. A
+    lambda or a callable object may still return an awaitable: `_as_coroutine` checks."""
+    function = getattr(main, "__func__", main)
+    return (
+        inspect.isfunction(function)
+        and not inspect.iscoroutinefunction(function)
+        and function.__name__ != "<lambda>"
+    )
+
+
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    if not inspect.isawaitable(awaitable):
+        raise TypeError(
+            f"Node.start(main): main(node) returned {type(awaitable).__name__}, not an "
+            f"awaitable; write `async def main(node)`"
+        )
     return await awaitable
 
 

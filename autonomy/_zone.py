@@ -78,7 +78,15 @@ class Zone:
 
         Raises:
             NodeClosedError: ``node`` is not running.
+            TypeError: ``count`` is not an int (or ``filter`` not a str).
+            ValueError: ``count`` is negative.
         """
+        if count is not None and (type(count) is not int):
+            raise TypeError(f"count must be an int, got {count!r}")
+        if count is not None and count < 0:
+            raise ValueError(f"count must be 0 or more, got {count}")
+        if filter is not None and not isinstance(filter, str):
+            raise TypeError(f"filter must be a str, got {filter!r}")
         agent = node.membership
         pattern = filter or ""
         wait_s = timeout_seconds(timeout if timeout is not None else ZONE_WAIT_MS)
