@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -606,3 +607,17 @@ def test_a_batch_of_small_frames_may_exceed_a_small_frame_limit_but_one_big_fram
     _, error = split(encode_request(1, "w", "x" * (limit + 1), 100), limit)
     assert error is not None
     assert "exceeds the limit" in str(error)
+
+
+def test_the_readme_states_the_message_limit_the_code_enforces() -> None:
+    from autonomy._protocol import MAX_FRAME_BYTES, check_message
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    limit = MAX_FRAME_BYTES - ENVELOPE_OVERHEAD
+    assert limit == 16 * 1024 * 1024 - 1024
+    assert f"{limit:,} bytes" in readme
+    assert "16 MiB − 1 KiB" in readme
+    check_message("x" * limit, MAX_FRAME_BYTES)
+    with pytest.raises(MessageTooLargeError) as caught:
+        check_message("x" * (limit + 1), MAX_FRAME_BYTES)
+    assert caught.value.limit == limit
