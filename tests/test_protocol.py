@@ -616,7 +616,7 @@ def test_the_readme_states_the_message_limit_the_code_enforces() -> None:
     limit = MAX_FRAME_BYTES - ENVELOPE_OVERHEAD
     assert limit == 16 * 1024 * 1024 - 1024
     assert f"{limit:,} bytes" in readme
-    assert "16 MiB − 1 KiB" in readme
+    assert "16 MiB - 1 KiB" in readme
     check_message("x" * limit, MAX_FRAME_BYTES)
     with pytest.raises(MessageTooLargeError) as caught:
         check_message("x" * (limit + 1), MAX_FRAME_BYTES)
