@@ -25,6 +25,7 @@ import pytest
 from autonomy import Node, RemoteNode
 
 from . import workers
+from .processes import still_open
 
 # Ship the test workers by value: runners start in a directory where tests/ is not importable.
 cloudpickle.register_pickle_by_value(workers)
@@ -220,11 +221,16 @@ async def target(
 
 @pytest.fixture(autouse=True)
 async def no_leaks() -> AsyncIterator[None]:
-    """Fail a test that leaves asyncio tasks or threads behind."""
+    """Fail a test that leaves child processes, asyncio tasks or threads behind (the
+    children are killed and reaped first, so that the next test does not inherit them)."""
     threads_before = set(threading.enumerate())
     current = asyncio.current_task()
     tasks_before = asyncio.all_tasks() - {current}
     yield
+    children = still_open()
+    for child in children:
+        await child.aclose()
+    assert not children, f"child processes left running: {children}"
     finalizer = asyncio.current_task()  # teardown runs in a task of its own
     leftover = [
         task
