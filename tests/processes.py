@@ -34,7 +34,7 @@ __all__ = ["REAP_TIMEOUT_S", "Child", "ChildExitedError", "environ", "still_open
 REAP_TIMEOUT_S = 10.0
 """How long a SIGKILLed child gets to be reaped before teardown fails."""
 
-TAIL_LINES = 30
+TAIL_LINES = 50
 """How many of the last output lines a failure message shows."""
 
 _open: set[Child] = set()
@@ -275,7 +275,10 @@ class Child:
         return await self._next_line(lambda line: pattern.search(line) is not None, timeout_s, what)
 
     async def wait_until(
-        self, predicate: Callable[[list[str]], bool], timeout_s: float, what: str = "the output"
+        self,
+        predicate: Callable[[list[str]], bool],
+        timeout_s: float,
+        what: str = "the awaited output",
     ) -> None:
         """Wait until ``predicate(lines)`` holds for all the lines so far (no line is
         consumed: `read_line` reads on where it was).
