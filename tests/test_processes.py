@@ -26,8 +26,12 @@ time.sleep(600)
 
 ESCAPEE = """\
 import subprocess, sys, time
+# Holds our stdout until 30 s after its parent dies (its stdin then ends): it cannot outlive
+# a failed test for long, and it outlives REAP_TIMEOUT_S.
 escapee = subprocess.Popen(
-    [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    [sys.executable, "-c", "import sys, time; sys.stdin.read(); time.sleep(30)"],
+    stdin=subprocess.PIPE,
+    start_new_session=True,
 )
 print(f"escapee {escapee.pid}", flush=True)
 time.sleep(600)
