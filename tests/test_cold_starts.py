@@ -9,6 +9,7 @@ after each start.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -81,7 +82,7 @@ async def cold_start(tmp_path: Path, *, expected: bool) -> ColdStart:
             child = Child(*argv, name=name, cwd=tmp_path, env=env)
             children[name] = await stack.enter_async_context(child)
         # NOTE: bounded by Zone.nodes' own default wait (ZONE_WAIT_MS, 30 s) plus start-up.
-        answer = await children["main"].read_json(45)
+        answer = json.loads(await children["main"].read_line(45))
     return ColdStart(
         answer["names"],
         answer["found_at"] - began,

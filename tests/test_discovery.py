@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import subprocess
 import sys
@@ -629,7 +630,7 @@ class Observer:
 
     async def read_until(self, predicate: Callable[[Observer], bool], timeout_s: float) -> None:
         while not predicate(self):
-            event = await self.child.read_json(timeout_s)
+            event = json.loads(await self.child.read_line(timeout_s))
             self.events.append(event)
             if event["event"] == "join":
                 self.seen.add(str(event["name"]))
