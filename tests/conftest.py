@@ -1,21 +1,20 @@
 """Fixtures: real nodes on 127.0.0.1, runner processes, leak checks.
 
 Every node binds 127.0.0.1 on a free port and gets a unique zone, so tests never see each
-other. Runner processes run in their own session and are killed (whole process group) in
-teardown, also when a test fails.
+other. Runner processes are `processes.Child`ren: in their own session, and killed (whole
+process group) and reaped in teardown, also when a test fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ import pytest
 from autonomy import Node, RemoteNode
 
 from . import workers
+from .processes import Child, still_open
 
 # Ship the test workers by value: runners start in a directory where tests/ is not importable.
 cloudpickle.register_pickle_by_value(workers)
@@ -65,80 +65,45 @@ async def eventually(
 
 @dataclass
 class Runner:
-    """A runner node in a child process."""
+    """A runner node in a child process (tests/_runner.py)."""
 
     name: str
     zone: str
     endpoint: str
     pid: int
-    process: asyncio.subprocess.Process
-    log: list[str] = field(default_factory=list)
+    child: Child
+    """The process; its merged stdout and stderr are the runner's log."""
 
     def kill(self) -> None:
         """SIGKILL the runner's whole process group (no goodbye)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.child.kill()
 
     def terminate(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        """SIGTERM the runner's process group: it stops gracefully and says goodbye."""
+        self.child.terminate()
 
 
 async def spawn_runner(
-    zone: str, name: str, cwd: Path, bind: str = "127.0.0.1", env: dict[str, str] | None = None
+    zone: str,
+    name: str,
+    cwd: Path,
+    bind: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> Runner:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(RUNNER),
-        "--name",
-        name,
-        "--zone",
-        zone,
-        "--bind",
-        bind,
-        cwd=str(cwd),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": "", **(env or {})},
+    """Start a runner and wait for its ready line; the caller closes ``runner.child``."""
+    argv = [sys.executable, str(RUNNER), "--name", name, "--zone", zone, "--bind", bind]
+    child = Child(
+        *argv, name=f"runner {name}", prefix=prefix, cwd=cwd,
+        env={"PYTHONPATH": "", **(env or {})}, merge_stderr=True,
     )
+    await child.start()
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            while True:
-                line = (await process.stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError(f"runner {name} exited with {await process.wait()}")
-                if line.startswith("{"):
-                    info = json.loads(line)
-                    break
+        info = await child.read_json(20)
     except BaseException:
-        with_suppressed_kill(process)
+        await child.aclose()
         raise
-    return Runner(name, zone, info["endpoint"], info["pid"], process)
-
-
-def with_suppressed_kill(process: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-async def reap(runner: Runner) -> None:
-    runner.kill()
-    try:
-        async with asyncio.timeout(10):
-            await runner.process.wait()
-    except TimeoutError:
-        pass
-    if runner.process.stdin is not None:
-        runner.process.stdin.close()
+    return Runner(name, zone, info["endpoint"], info["pid"], child)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -186,19 +151,16 @@ async def runner_factory(
     zone: str, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Awaitable[Runner]]]:
     """Start runner nodes in child processes; all are killed at teardown."""
-    started: list[Runner] = []
+    async with AsyncExitStack() as stack:
 
-    async def make(name: str | None = None, **options: Any) -> Runner:
-        runner = await spawn_runner(options.pop("zone", zone), name or unique("runner"),
-                                    tmp_path, **options)
-        started.append(runner)
-        return runner
+        async def make(name: str | None = None, **options: Any) -> Runner:
+            runner = await spawn_runner(
+                options.pop("zone", zone), name or unique("runner"), tmp_path, **options
+            )
+            stack.push_async_callback(runner.child.aclose)
+            return runner
 
-    try:
         yield make
-    finally:
-        for runner in started:
-            await reap(runner)
 
 
 @pytest.fixture
@@ -220,11 +182,16 @@ async def target(
 
 @pytest.fixture(autouse=True)
 async def no_leaks() -> AsyncIterator[None]:
-    """Fail a test that leaves asyncio tasks or threads behind."""
+    """Fail a test that leaves child processes, asyncio tasks or threads behind (the
+    children are killed and reaped first, so that the next test does not inherit them)."""
     threads_before = set(threading.enumerate())
     current = asyncio.current_task()
     tasks_before = asyncio.all_tasks() - {current}
     yield
+    children = still_open()
+    for child in children:
+        await child.aclose()
+    assert not children, f"child processes left running: {children}"
     finalizer = asyncio.current_task()  # teardown runs in a task of its own
     leftover = [
         task

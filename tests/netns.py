@@ -11,7 +11,8 @@ Every name carries a random tag (``at-<6 hex>``), so concurrent runs never colli
 everything is deleted on exit, also when the body raises or setup fails half-way::
 
     with NetnsLab(3) as hosts:
-        await asyncio.create_subprocess_exec(*hosts[0].command("python", "-c", "..."))
+        async with Child("python", "-c", "...", prefix=hosts[0].command()) as child:
+            ...
 
     async with NetnsLab(3) as hosts:   # the same, with setup and teardown off the loop
         ...
@@ -36,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar, cast
+
+from .processes import Child
 
 __all__ = ["Host", "NetnsLab", "multicast_passes", "netns_available"]
 
@@ -280,45 +283,22 @@ async def multicast_passes(sender: Host, receiver: Host, timeout_s: float = 10.0
     same path; the receiver answers when the fence arrives: the probes, sent first, would
     have arrived before it. No waiting for an absence."""
     port = str(20000 + secrets.randbelow(20000))
-    listener = await asyncio.create_subprocess_exec(
-        *receiver.command(sys.executable, "-c", _PROBE_RECEIVER, receiver.address, port),
-        stdout=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        assert listener.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            if (await listener.stdout.readline()).strip() != b"ready":
-                raise RuntimeError("multicast probe receiver did not start")
-            talker = await asyncio.create_subprocess_exec(
-                *sender.command(
-                    sys.executable, "-c", _PROBE_SENDER, sender.address, receiver.address, port
-                ),
-                start_new_session=True,
-            )
-            try:
-                if await talker.wait() != 0:
-                    raise RuntimeError("multicast probe sender failed")
-            finally:
-                _kill_group(talker)
-                await talker.wait()
-            verdict = (await listener.stdout.readline()).strip()
-        if verdict not in (b"passes", b"blocked"):
-            raise RuntimeError(f"multicast probe receiver said {verdict!r}")
-        return verdict == b"passes"
-    finally:
-        _kill_group(listener)
-        async with asyncio.timeout(_COMMAND_TIMEOUT_S):
-            await listener.wait()
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    receive = [sys.executable, "-c", _PROBE_RECEIVER, receiver.address, port]
+    send = [sys.executable, "-c", _PROBE_SENDER, sender.address, receiver.address, port]
+    async with (
+        Child(*receive, name="multicast probe receiver", prefix=receiver.command()) as listener,
+        asyncio.timeout(timeout_s),
+    ):
+        if (await listener.read_line(timeout_s)).strip() != "ready":
+            raise RuntimeError("multicast probe receiver did not start")
+        sending = Child(*send, name="multicast probe sender", prefix=sender.command(), stdin=False)
+        async with sending as talker:
+            if await talker.wait(timeout_s) != 0:
+                raise RuntimeError("multicast probe sender failed")
+        verdict = (await listener.read_line(timeout_s)).strip()
+    if verdict not in ("passes", "blocked"):
+        raise RuntimeError(f"multicast probe receiver said {verdict!r}")
+    return verdict == "passes"
 
 
 @functools.cache

@@ -6,15 +6,13 @@ exits 0, writes its JSON and PNG, and prints a JSON summary of ratios as its las
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+from .processes import Child
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 120
@@ -23,27 +21,10 @@ DEADLINE_S = 120
 @pytest.mark.timeout(DEADLINE_S + 30)
 async def test_quick_benchmark_writes_json_and_png_and_prints_a_summary(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks",
-        "--quick",
-        "--out",
-        str(tmp_path),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), DEADLINE_S)
-    finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, stderr.decode()[-4000:]
-    check_outputs(tmp_path, stdout.decode())
+    argv = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
+    async with Child(*argv, cwd=REPO) as bench:
+        assert await bench.wait(DEADLINE_S) == 0, bench.stderr[-4000:]
+    check_outputs(tmp_path, bench.stdout)
 
 
 def check_outputs(out: Path, stdout: str) -> None:

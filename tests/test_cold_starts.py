@@ -9,19 +9,18 @@ after each start.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
 import statistics
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from .conftest import RUNNER, unique
+from .processes import Child
 
 RUNNERS = [f"runner-{i}" for i in range(5)]
 
@@ -66,53 +65,29 @@ async def cold_start(tmp_path: Path, *, expected: bool) -> ColdStart:
     script = tmp_path / "main.py"
     if not script.exists():
         script.write_text(MAIN)
-    common = {**os.environ, "PYTHONPATH": "", "AUTONOMY_ZONE": zone, "AUTONOMY_BIND": "127.0.0.1"}
-    common.pop("AUTONOMY_EXPECTED_NODES", None)
-    if expected:
-        common["AUTONOMY_EXPECTED_NODES"] = ",".join(["main", *RUNNERS])
+    common: dict[str, str | None] = {
+        "PYTHONPATH": "", "AUTONOMY_ZONE": zone, "AUTONOMY_BIND": "127.0.0.1"
+    }
+    common["AUTONOMY_EXPECTED_NODES"] = ",".join(["main", *RUNNERS]) if expected else None
     commands = {
         name: [sys.executable, str(RUNNER), "--name", name, "--zone", zone, "--bind", "127.0.0.1"]
         for name in RUNNERS
     }
     commands["main"] = [sys.executable, str(script)]
-    processes: dict[str, asyncio.subprocess.Process] = {}
-    began = time.monotonic()
-    try:
+    children: dict[str, Child] = {}
+    async with AsyncExitStack() as stack:  # every process is killed after each start
+        began = time.monotonic()
         for name, argv in commands.items():
-            processes[name] = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(tmp_path),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                env={**common, "AUTONOMY_NODE_NAME": name},
-            )
-        main = processes["main"]
-        assert main.stdout is not None
-        assert main.stderr is not None
+            env = {**common, "AUTONOMY_NODE_NAME": name}
+            child = Child(*argv, name=name, cwd=tmp_path, env=env)
+            children[name] = await stack.enter_async_context(child)
         # NOTE: bounded by Zone.nodes' own default wait (ZONE_WAIT_MS, 30 s) plus start-up.
-        async with asyncio.timeout(45):
-            line = await main.stdout.readline()
-            if not line:
-                await main.wait()
-                error = (await main.stderr.read()).decode()
-                pytest.fail(f"main exited with {main.returncode}:\n{error}")
-        answer = json.loads(line)
-        return ColdStart(
-            answer["names"],
-            answer["found_at"] - began,
-            answer["found_at"] - answer["started_at"],
-        )
-    finally:
-        for process in processes.values():
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        async with asyncio.timeout(20):
-            for process in processes.values():
-                await process.wait()
+        answer = json.loads(await children["main"].read_line(45))
+    return ColdStart(
+        answer["names"],
+        answer["found_at"] - began,
+        answer["found_at"] - answer["started_at"],
+    )
 
 
 async def cold_starts(tmp_path: Path, times: int, *, expected: bool) -> list[ColdStart]:

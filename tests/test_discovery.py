@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +21,7 @@ from autonomy import _discovery
 from autonomy._discovery import Discovery, Member, Membership
 from autonomy._errors import DiscoveryError, InternalError
 from tests.netns import NetnsLab, netns_available
+from tests.processes import Child
 
 LOOPBACK = ["127.0.0.1"]
 REPO = Path(__file__).resolve().parent.parent
@@ -620,85 +619,62 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-class Child:
-    """One discovery node in its own process (and session), reporting its view as JSON lines."""
+class Observer:
+    """One discovery node in its own process, reporting its view as JSON lines."""
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, name: str, child: Child) -> None:
         self.name = name
-        self.process = process
+        self.child = child
         self.seen: set[str] = set()
         self.events: list[dict[str, object]] = []
 
-    async def read_until(self, predicate: Callable[[Child], bool]) -> None:
-        assert self.process.stdout is not None
+    async def read_until(self, predicate: Callable[[Observer], bool], timeout_s: float) -> None:
         while not predicate(self):
-            line = await self.process.stdout.readline()
-            if not line:
-                raise AssertionError(f"child {self.name} exited early: {self.events}")
-            event = json.loads(line)
+            event = json.loads(await self.child.read_line(timeout_s))
             self.events.append(event)
             if event["event"] == "join":
                 self.seen.add(str(event["name"]))
             elif event["event"] == "leave":
                 self.seen.discard(str(event["name"]))
 
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
 
-
-async def spawn(name: str, command: list[str]) -> Child:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True,
-    )
-    return Child(name, process)
-
-
-async def stop_children(children: list[Child]) -> None:
-    for child in children:
-        assert child.process.stdin is not None
-        child.process.stdin.write(b"stop\n")
-        await child.process.stdin.drain()
+async def stop_observers(observers: list[Observer], timeout_s: float) -> None:
+    for observer in observers:
+        await observer.child.send("stop")
     await asyncio.gather(
         *(
-            c.read_until(lambda c: bool(c.events) and c.events[-1]["event"] == "stopped")
-            for c in children
+            o.read_until(lambda o: bool(o.events) and o.events[-1]["event"] == "stopped", timeout_s)
+            for o in observers
         )
     )
-    returncodes = await asyncio.gather(*(c.process.wait() for c in children))
-    assert returncodes == [0] * len(children)
+    returncodes = await asyncio.gather(*(o.child.wait(timeout_s) for o in observers))
+    assert returncodes == [0] * len(observers)
 
 
 async def run_children(commands: dict[str, list[str]], timeout_s: float) -> float:
     """Start one child per command; return the seconds until all saw all the others."""
-    children: list[Child] = []
-    try:
+    observers: list[Observer] = []
+    async with contextlib.AsyncExitStack() as stack:
         began = time.monotonic()
         for name, command in commands.items():
-            children.append(await spawn(name, command))
+            child = Child(*command, name=name, cwd=REPO, env={"PYTHONPATH": str(REPO)})
+            observers.append(Observer(name, await stack.enter_async_context(child)))
         everyone = set(commands)
         async with asyncio.timeout(timeout_s):
             await asyncio.gather(
-                *(c.read_until(lambda c: c.seen == everyone - {c.name}) for c in children)
+                *(
+                    o.read_until(lambda o: o.seen == everyone - {o.name}, timeout_s)
+                    for o in observers
+                )
             )
             converged = time.monotonic() - began
-            await stop_children(children)
-        # Each one saw the others leave with a goodbye before it stopped itself, or stopped
-        # first: either way no child reported a stranger.
-        for child in children:
-            strangers = {e["name"] for e in child.events if e["event"] == "join"} - everyone
-            assert not strangers
-        return converged
-    finally:
-        for child in children:
-            child.kill()
-        await asyncio.gather(*(c.process.wait() for c in children))
+            await stop_observers(observers, timeout_s)
+    # Each one saw the others leave with a goodbye before it stopped itself, or stopped
+    # first: either way no child reported a stranger.
+    for observer in observers:
+        strangers = {e["name"] for e in observer.events if e["event"] == "join"} - everyone
+        assert not strangers
+    return converged
 
 
 async def test_five_processes_on_loopback_find_each_other() -> None:
@@ -741,7 +717,9 @@ def test_netns_lab_deletes_everything_even_when_the_body_fails() -> None:
 
     with pytest.raises(RuntimeError, match="body failed"):
         body_that_fails()
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+    ).stdout
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, timeout=10).stdout
     assert lab.tag not in namespaces
     assert lab.tag not in links

@@ -29,6 +29,7 @@ from autonomy import Node, Zone
 
 from . import workers
 from .conftest import REPO, bounded
+from .processes import Child, environ
 
 EXAMPLES = REPO / "examples"
 MAIN_NODE = "main-pod-main"
@@ -74,13 +75,14 @@ NODES: dict[str, list[str]] = {
 class DeployedZone:
     name: str
     folder: Path
-    env: dict[str, str]
+    env: dict[str, str | None]
+    """Changes to this process's environment for the CLI (None removes a variable)."""
     state_file: Path
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "autonomy", *args],
-            env=self.env,
+            env=environ(self.env),
             cwd=self.folder.parent,
             capture_output=True,
             text=True,
@@ -90,24 +92,10 @@ class DeployedZone:
 
     async def cli_async(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> tuple[int, str, str]:
         """`cli` for async tests (the loop keeps running; no thread is left behind)."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "autonomy",
-            *args,
-            env=self.env,
-            cwd=self.folder.parent,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await bounded(process.communicate(), timeout)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        assert process.returncode is not None
-        return process.returncode, out.decode(), err.decode()
+        argv = [sys.executable, "-m", "autonomy", *args]
+        async with Child(*argv, env=self.env, cwd=self.folder.parent) as cli:
+            code = await cli.wait(timeout)
+        return code, cli.stdout, cli.stderr
 
     def state(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.state_file.read_text(encoding="utf-8"))
@@ -217,9 +205,9 @@ def deploy(tmp_path: Path) -> Iterator[Callable[[str], DeployedZone]]:
         )
         assert count == 1, f"{zone_file}: expected one top-level name:"
         zone_file.write_text(text, encoding="utf-8")
-        env = {**os.environ, "AUTONOMY_STATE_DIR": str(tmp_path / "state")}
+        env: dict[str, str | None] = {"AUTONOMY_STATE_DIR": str(tmp_path / "state")}
         for leaked in ("AUTONOMY_ZONE", "AUTONOMY_NODE_NAME", "AUTONOMY_EXPECTED_NODES"):
-            env.pop(leaked, None)
+            env[leaked] = None
         zone = DeployedZone(name, folder, env, tmp_path / "state" / "zones" / name / "state.json")
         NODES_OF[name] = NODES[example]
         deployed.append((zone, None))
@@ -304,21 +292,12 @@ async def test_the_readme_demo_runs_the_distribute_zone_in_the_foreground_and_ex
     shutil.copytree(EXAMPLES / "distribute", folder, ignore=shutil.ignore_patterns("__pycache__"))
     zone_file = folder / "autonomy.yaml"
     zone_file.write_text(re.sub(r"^name: .*$", f"name: {name}", zone_file.read_text(), flags=re.M))
-    env = {**os.environ, "AUTONOMY_STATE_DIR": str(tmp_path / "state")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "autonomy", "zone", "deploy", str(folder), "--exit-with", "main",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env, start_new_session=True,
-    )
-    try:
-        out, err = await bounded(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, 9)
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    assert "main-pod-main       | Processed 4 chunks across 5 runners" in out.decode()
-    assert f"zone {name} stopped" in err.decode()
+    env = {"AUTONOMY_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "autonomy", "zone", "deploy", str(folder), "--exit-with", "main"]
+    async with Child(*argv, env=env) as deploy:
+        assert await deploy.wait(60) == 0, deploy.stderr
+    assert "main-pod-main       | Processed 4 chunks across 5 runners" in deploy.stdout
+    assert f"zone {name} stopped" in deploy.stderr
     assert not _launch_marked_by_zone(name)
 
 

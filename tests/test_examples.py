@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, bounded
+from .conftest import REPO
+from .processes import Child
 
 EXAMPLES = REPO / "examples"
 
@@ -29,18 +28,8 @@ async def test_the_single_node_sample_prints_what_the_guide_says(
     example: str, tmp_path: Path
 ) -> None:
     main = EXAMPLES / example / "images" / "main" / "main.py"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(main), cwd=str(main.parent),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        env={**os.environ, "AUTONOMY_WAIT_UNTIL_INTERRUPTED": "0",
-             "AUTONOMY_ZONE": f"example-{example}-{os.getpid()}"},
-    )
-    try:
-        out, err = await bounded(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    assert out.decode() == EXPECTED[example]
+    zone = f"example-{example}-{os.getpid()}"
+    env = {"AUTONOMY_WAIT_UNTIL_INTERRUPTED": "0", "AUTONOMY_ZONE": zone}
+    async with Child(sys.executable, main, cwd=main.parent, env=env) as child:
+        assert await child.wait(30) == 0, child.stderr
+    assert child.stdout == EXPECTED[example]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from autonomy import Node, NodeClosedError, ReplyTimeoutError, WorkerStoppedError
 
 from .conftest import bounded, unique
+from .processes import Child
 from .workers import Echoer, Recorder, Sleeper
 
 
@@ -23,18 +23,9 @@ async def run_script(
 ) -> tuple[int, str, str]:
     script = tmp_path / f"{unique('script')}.py"
     script.write_text(textwrap.dedent(source))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=str(tmp_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, env={**os.environ, **(env or {})},
-    )
-    try:
-        out, err = await bounded(process.communicate(), timeout)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    return process.returncode, out.decode(), err.decode()
+    async with Child(sys.executable, script, cwd=tmp_path, env=env) as child:
+        code = await child.wait(timeout)
+    return code, child.stdout, child.stderr
 
 
 async def test_repr_shows_name_state_endpoint_and_counts(node: Node) -> None:
@@ -199,22 +190,12 @@ async def test_node_start_serves_until_sigterm_then_stops_gracefully(tmp_path: P
             """
         )
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "AUTONOMY_WAIT_UNTIL_INTERRUPTED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        assert await bounded(process.stdout.readline(), 20) == b"ready\n"
-        process.send_signal(signal.SIGTERM)
-        out, err = await bounded(process.communicate(), 20)
-    finally:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    assert out.decode().splitlines() == ["finished in-hand", "stopped cleanly"]
+    env = {"AUTONOMY_WAIT_UNTIL_INTERRUPTED": "1"}
+    async with Child(sys.executable, script, env=env) as child:
+        assert await child.read_line(20) == "ready"
+        child.send_signal(signal.SIGTERM, group=False)
+        assert await child.wait(20) == 0, child.stderr
+    assert child.lines == ["ready", "finished in-hand", "stopped cleanly"]
 
 
 async def test_node_start_propagates_an_exception_from_main(tmp_path: Path) -> None:

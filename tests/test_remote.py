@@ -24,6 +24,7 @@ from autonomy import (
 )
 
 from .conftest import bounded, eventually, unique
+from .processes import Child
 from .workers import Echoer, NodeHolder, Recorder, Sleeper
 
 
@@ -170,18 +171,9 @@ async def test_a_class_defined_in_the_callers_main_runs_on_a_runner_without_its_
             """
         )
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=str(script.parent),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-    )
-    try:
-        out, err = await bounded(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    assert out.decode().strip() == "HI"
+    async with Child(sys.executable, script, cwd=script.parent) as caller:
+        assert await caller.wait(30) == 0, caller.stderr
+    assert caller.stdout.strip() == "HI"
 
 
 async def test_a_request_whose_caller_gave_up_is_dropped_by_the_runner(node: Node, runner) -> None:

@@ -3,7 +3,6 @@ an authenticated member. Strangers cannot connect, send, start workers or join t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
@@ -37,21 +36,11 @@ from autonomy._protocol import (
 from autonomy._secret import secret_path, zone_secret
 
 from .conftest import bounded, frames_of, raw_dealer, unique
+from .processes import Child
 from .workers import Echoer, Recorder
 
 SECRET_A = "a-secret-of-zone-members-" + "a" * 20
 SECRET_B = "a-secret-of-somebody-else-" + "b" * 20
-
-
-async def read_until(runner, text: str, seconds: float = 10) -> str:
-    """Read the runner's merged output until a line contains ``text``."""
-    async with asyncio.timeout(seconds):
-        while True:
-            line = (await runner.process.stdout.readline()).decode()
-            if not line:
-                raise AssertionError(f"runner exited before logging {text!r}")
-            if text in line:
-                return line
 
 
 async def test_a_node_with_a_wrong_secret_can_neither_connect_nor_send_nor_start_workers(
@@ -69,7 +58,7 @@ async def test_a_node_with_a_wrong_secret_can_neither_connect_nor_send_nor_start
         with pytest.raises(PeerUnavailableError):
             await bounded(remote.start_worker("evil", Echoer()))
     # The target logged the refusal, and still serves its members.
-    await read_until(target, "refused")
+    await target.child.wait_for_line("refused", 10)
     async with Node(zone=zone, bind="127.0.0.1", secret=SECRET_A) as member:
         remote = await member.connect(target.endpoint, timeout=5000)
         await bounded(remote.start_worker("echo", Echoer()))
@@ -318,13 +307,9 @@ async def test_ten_thousand_hostile_frames_from_a_member_leave_the_node_whole(
 async def test_autonomy_zone_secret_prints_the_secret_every_node_of_the_zone_uses(
     zone: str,
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "autonomy", "zone", "secret", "--zone", zone,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await bounded(process.communicate(), 30)
-    assert process.returncode == 0, err.decode()
-    assert out.decode().strip() == zone_secret(zone)
+    async with Child(sys.executable, "-m", "autonomy", "zone", "secret", "--zone", zone) as cli:
+        assert await cli.wait(30) == 0, cli.stderr
+    assert cli.stdout.strip() == zone_secret(zone)
     from autonomy import Zone
 
     assert Zone.secret(zone) == zone_secret(zone)

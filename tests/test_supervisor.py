@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ from autonomy.cli._plan import LaunchSpec, plan
 from autonomy.cli._processes import describe_exit, is_alive, process_start_time
 from autonomy.cli._supervisor import Supervisor
 from autonomy.cli._zonefile import load_zone
+
+from .processes import Child
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "AUTONOMY_TEST_MARK"
@@ -193,66 +196,27 @@ def make_zone(
     return folder
 
 
-class Cli:
-    """The ``autonomy`` command run as a child process in its own session."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-
-    async def read_until(self, predicate: Callable[[list[str]], bool], timeout: float) -> None:
-        assert self.process.stdout is not None
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self.lines):
-                    line = await self.process.stdout.readline()
-                    if not line:
-                        break
-                    self.lines.append(line.decode().rstrip("\n"))
-        except TimeoutError:
-            pass
-        if not predicate(self.lines):
-            pytest.fail("the command's output never matched; it was:\n" + "\n".join(self.lines))
-
-    async def finish(self, timeout: float) -> tuple[int, list[str]]:
-        out, _ = await asyncio.wait_for(self.process.communicate(), timeout)
-        self.lines += out.decode().splitlines()
-        assert self.process.returncode is not None
-        return self.process.returncode, self.lines
-
-
-StartCli = Callable[..., Awaitable[Cli]]
+StartCli = Callable[..., Awaitable[Child]]
 
 
 @pytest.fixture
 async def cli() -> AsyncIterator[StartCli]:
-    started: list[asyncio.subprocess.Process] = []
+    """Start ``autonomy`` commands as Children (stdin /dev/null, stderr among the lines)."""
+    async with AsyncExitStack() as stack:
 
-    async def start(*args: str, cwd: Path | None = None) -> Cli:
-        process = await asyncio.create_subprocess_exec(
-            EXE,
-            "-m",
-            "autonomy.cli",
-            *args,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        started.append(process)
-        return Cli(process)
+        async def start(*args: str, cwd: Path | None = None) -> Child:
+            command = Child(
+                EXE, "-m", "autonomy.cli", *args, name=shlex.join(["autonomy", *args]),
+                cwd=cwd, stdin=False, merge_stderr=True,
+            )
+            return await stack.enter_async_context(command)
 
-    try:
         yield start
-    finally:
-        for process in started:
-            if process.returncode is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await asyncio.wait_for(process.communicate(), 10)
+
+
+async def finish(run: Child, timeout_s: float) -> tuple[int, list[str]]:
+    """Wait for the command to end: its exit status and all its lines."""
+    return await run.wait(timeout_s), run.lines
 
 
 def started_pids(lines: list[str]) -> dict[str, int]:
@@ -282,8 +246,8 @@ async def test_foreground_deploy_streams_prefixed_lines_and_stops_all_on_sigint(
         {"main": SERVE, "runner": SERVE},
     )
     nodes = ["main-pod-main", "runner-pod-0-runner", "runner-pod-1-runner"]
-    run: Cli = await cli("zone", "deploy", str(folder))
-    await run.read_until(
+    run = await cli("zone", "deploy", str(folder))
+    await run.wait_until(
         lambda lines: (
             all(prefixed(lines, n, f"stderr of {n}") for n in nodes)
             and all(prefixed(lines, n, f"ready {n}") for n in nodes)
@@ -296,8 +260,8 @@ async def test_foreground_deploy_streams_prefixed_lines_and_stops_all_on_sigint(
     # Padded like `docker compose up`: every prefix is as wide as the longest node name.
     assert any(line.startswith("main-pod-main       | ready") for line in run.lines)
 
-    run.process.send_signal(signal.SIGINT)
-    code, lines = await run.finish(20)
+    run.send_signal(signal.SIGINT, group=False)
+    code, lines = await finish(run, 20)
 
     assert code == 0, "\n".join(lines)
     assert "autonomy: SIGINT: stopping zone fg (again to kill at once)" in lines
@@ -317,8 +281,8 @@ async def test_nodes_get_their_environment_folder_interpreter_and_args(
         extra="env:\n  - name: FROM_LIST\n    value: listed\nargs: [--flag, 7]",
     )
     monkeypatch.setenv("FROM_PARENT", "inherited")
-    run: Cli = await cli("zone", "deploy", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 0, "\n".join(lines)
 
     dumps = {}
@@ -406,8 +370,8 @@ async def test_crashed_node_is_reported_with_its_status_and_fails_the_deploy(
         [("main-pod", None, [("main", "main")]), ("other-pod", None, [("other", "other")])],
         {"main": CRASH, "other": SAY_BYE},
     )
-    run: Cli = await cli("zone", "deploy", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 1, "\n".join(lines)
     assert prefixed(lines, "main-pod-main", "about to fail")
     assert prefixed(lines, "other-pod-other", "bye from other-pod-other")
@@ -418,8 +382,8 @@ async def test_crashed_node_is_reported_with_its_status_and_fails_the_deploy(
 
 async def test_restart_restarts_a_crashed_node(tmp_path: Path, cli: StartCli) -> None:
     folder = make_zone(tmp_path, "flaky", [("main-pod", None, [("main", "main")])], {"main": FLAKY})
-    run: Cli = await cli("zone", "deploy", "--restart", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", "--restart", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 0, "\n".join(lines)
     assert prefixed(lines, "main-pod-main", "first run, crashing")
     assert "autonomy: warning: main-pod-main exited with status 5" in lines
@@ -488,11 +452,11 @@ async def test_node_ignoring_sigterm_is_killed_at_the_deadline(
     tmp_path: Path, cli: StartCli
 ) -> None:
     folder = make_zone(tmp_path, "stubborn", [("p", None, [("c", "main")])], {"main": IGNORE_TERM})
-    run: Cli = await cli("zone", "deploy", "--timeout", "0.5", str(folder))
-    await run.read_until(lambda lines: prefixed(lines, "p-c", "ready p-c"), 20)
+    run = await cli("zone", "deploy", "--timeout", "0.5", str(folder))
+    await run.wait_until(lambda lines: prefixed(lines, "p-c", "ready p-c"), 20)
     pid = started_pids(run.lines)["p-c"]
-    os.killpg(run.process.pid, signal.SIGTERM)  # the launcher's whole process group
-    code, lines = await run.finish(20)
+    run.terminate()  # the launcher's whole process group
+    code, lines = await finish(run, 20)
     assert code == 0, "\n".join(lines)
     assert "autonomy: SIGTERM: stopping zone stubborn (again to kill at once)" in lines
     assert "autonomy: warning: p-c did not stop within 0.5 s: killing it" in lines
@@ -505,16 +469,16 @@ async def test_launcher_killed_with_sigkill_leaves_no_orphans(
     tmp_path: Path, cli: StartCli
 ) -> None:
     folder = make_zone(tmp_path, "orphans", [("p", 2, [("c", "main")])], {"main": SERVE})
-    run: Cli = await cli("zone", "deploy", str(folder))
-    await run.read_until(
+    run = await cli("zone", "deploy", str(folder))
+    await run.wait_until(
         lambda lines: (
             len(started_pids(lines)) == 2 and sum("| ready" in line for line in lines) == 2
         ),
         20,
     )
     pids = started_pids(run.lines).values()
-    os.kill(run.process.pid, signal.SIGKILL)
-    code, _ = await run.finish(10)
+    run.send_signal(signal.SIGKILL, group=False)  # the launcher alone
+    code, _ = await finish(run, 10)
     assert code == -signal.SIGKILL
     wait_for(lambda: all(is_gone(pid) for pid in pids), 5, "the orphans to die")
 
@@ -526,8 +490,8 @@ async def test_node_exit_takes_the_rest_of_its_process_group_along(
     folder = make_zone(
         tmp_path, "family", [("p", None, [("c", "main")])], {"main": LEAVE_GRANDCHILD}
     )
-    run: Cli = await cli("zone", "deploy", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 0, "\n".join(lines)
     (grandchild,) = (
         int(m.group(1)) for line in lines if (m := re.search(r"grandchild pid=(\d+)", line))
@@ -545,8 +509,8 @@ async def test_shell_form_entrypoint_runs_under_sh_with_this_python(
         {"main": DUMP_ENV},
         dockerfiles={"main": "FROM x\nENTRYPOINT python main.py shell-form\n"},
     )
-    run: Cli = await cli("zone", "deploy", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 0, "\n".join(lines)
     assert any('"argv": ["shell-form"]' in line for line in lines), lines
     command = shlex.join(["/bin/sh", "-c", f"{shlex.quote(EXE)} main.py shell-form"])
@@ -561,8 +525,8 @@ async def test_command_that_cannot_start_is_a_failure(tmp_path: Path, cli: Start
         {"main": SAY_BYE},
         dockerfiles={"main": 'FROM x\nENTRYPOINT ["no-such-command-here"]\n'},
     )
-    run: Cli = await cli("zone", "deploy", str(folder))
-    code, lines = await run.finish(20)
+    run = await cli("zone", "deploy", str(folder))
+    code, lines = await finish(run, 20)
     assert code == 1, "\n".join(lines)
     assert any("p-c could not start no-such-command-here" in line for line in lines), lines
 
@@ -774,22 +738,22 @@ def test_reused_pids_are_seen_stale_and_spared_by_delete(
 
 async def test_logs_follow_ends_when_the_zone_is_deleted(tmp_path: Path, cli: StartCli) -> None:
     folder = make_zone(tmp_path, "follow", [("p", 2, [("c", "main")])], {"main": SERVE})
-    deploy: Cli = await cli("zone", "deploy", "-d", str(folder))
-    code, lines = await deploy.finish(30)
+    deploy = await cli("zone", "deploy", "-d", str(folder))
+    code, lines = await finish(deploy, 30)
     assert code == 0, "\n".join(lines)
     try:
-        follow: Cli = await cli("zone", "logs", "-f", cwd=folder)
-        await follow.read_until(
+        follow = await cli("zone", "logs", "-f", cwd=folder)
+        await follow.wait_until(
             lambda lines: (
                 prefixed(lines, "p-0-c", "ready p-0-c") and prefixed(lines, "p-1-c", "ready p-1-c")
             ),
             20,
         )
     finally:
-        delete: Cli = await cli("zone", "delete", cwd=folder)
-        code, lines = await delete.finish(30)
+        delete = await cli("zone", "delete", cwd=folder)
+        code, lines = await finish(delete, 30)
         assert (code, lines) == (0, ["zone follow deleted"])
-    code, lines = await follow.finish(10)
+    code, lines = await finish(follow, 10)
     assert code == 0
 
 

@@ -10,13 +10,12 @@ subject here, discovery has its own tests.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -38,6 +37,7 @@ from autonomy._secret import derive_seeds
 from autonomy._transport import CurveKeys, curve_keys
 
 from .conftest import FrameReader, bounded, join_as_member
+from .processes import Child
 
 DETECTION_S = 2.0
 """How fast a SIGKILLed peer must be noticed. The kernel closes its connections, so the
@@ -76,29 +76,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-class Child:
-    """A peer node in a child process, in its own process group."""
+@dataclass
+class Peer:
+    """A peer node in a child process (CHILD above)."""
 
-    def __init__(self, process: asyncio.subprocess.Process, endpoint: str) -> None:
-        self.process = process
-        self.endpoint = endpoint
+    child: Child
+    endpoint: str
 
     @property
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    async def reap(self) -> None:
-        self.kill()
-        async with asyncio.timeout(10):
-            await self.process.wait()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
 
 
 @pytest.fixture
@@ -121,35 +108,17 @@ def keys(zone: str, secret: str) -> CurveKeys:
 @pytest.fixture
 async def spawn(zone: str, secret: str) -> AsyncIterator[Callable[..., Any]]:
     """Start peer nodes in child processes; every one is SIGKILLed and reaped at teardown."""
-    children: list[Child] = []
+    async with AsyncExitStack() as stack:
 
-    async def start(bind: str = "127.0.0.1") -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CHILD,
-            unique("peer"),
-            zone,
-            bind,
-            secret,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        child = Child(process, "")
-        children.append(child)
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            line = (await process.stdout.readline()).decode().strip()
-        assert line.startswith("tcp://127.0.0.1:"), f"child printed {line!r}"
-        child.endpoint = line
-        return child
+        async def start(bind: str = "127.0.0.1") -> Peer:
+            name = unique("peer")
+            child = Child(sys.executable, "-c", CHILD, name, zone, bind, secret, name=name)
+            await stack.enter_async_context(child)
+            line = await child.read_line(20)
+            assert line.startswith("tcp://127.0.0.1:"), f"child printed {line!r}"
+            return Peer(child, line)
 
-    try:
         yield start
-    finally:
-        for child in children:
-            await child.reap()
 
 
 @pytest.fixture
@@ -241,10 +210,10 @@ async def test_each_dialer_gets_the_answers_to_its_own_frames(node: Node, keys: 
 async def test_a_remote_node_reaches_a_node_in_another_process(
     node: Node, spawn: Callable[..., Any]
 ) -> None:
-    child = await spawn()
-    remote = await node.connect(child.endpoint, timeout=10_000)
+    peer = await spawn()
+    remote = await node.connect(peer.endpoint, timeout=10_000)
     assert remote.is_up()
-    assert remote.endpoint == child.endpoint
+    assert remote.endpoint == peer.endpoint
     assert await remote.send_and_receive("echo", "über 😀", timeout=10_000) == "über 😀"
     assert {w["name"] for w in await remote.list_workers()} == {"echo", "hang"}
 
@@ -272,7 +241,7 @@ async def test_a_sigkilled_peer_fails_every_pending_request_with_peer_unavailabl
     remote = await node.connect(doomed.endpoint, timeout=10_000)
     other = await node.connect(survivor.endpoint, timeout=10_000)
     tasks = await start_hanging_requests(remote, 100)
-    doomed.kill()
+    doomed.child.kill()
     async with asyncio.timeout(DETECTION_S):
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(result, PeerUnavailableError) for result in results), results
@@ -286,10 +255,10 @@ async def test_a_sigkilled_peer_fails_every_pending_request_with_peer_unavailabl
 async def test_a_call_to_a_peer_that_died_fails_within_the_unreachable_bound(
     node: Node, spawn: Callable[..., Any]
 ) -> None:
-    child = await spawn()
-    remote = await node.connect(child.endpoint, timeout=10_000)
+    peer = await spawn()
+    remote = await node.connect(peer.endpoint, timeout=10_000)
     (pending,) = await start_hanging_requests(remote, 1)
-    child.kill()
+    peer.child.kill()
     with pytest.raises(PeerUnavailableError):
         async with asyncio.timeout(DETECTION_S):
             await pending
@@ -307,11 +276,11 @@ async def test_traffic_resumes_when_a_peer_restarts_at_the_same_endpoint(
     assert await remote.send_and_receive("echo", "before", timeout=10_000) == "before"
     (pending,) = await start_hanging_requests(remote, 1)
 
-    first.kill()
+    first.child.kill()
     with pytest.raises(PeerUnavailableError):
         async with asyncio.timeout(DETECTION_S):
             await pending
-    await first.reap()
+    await first.child.aclose()  # reaped: its port is free
 
     second = await spawn(bind=f"127.0.0.1:{first.port}")
     assert second.endpoint == first.endpoint
@@ -334,11 +303,11 @@ async def test_a_call_made_while_the_peer_is_down_fails_at_once_and_goes_through
     first = await spawn()
     remote = await node.connect(first.endpoint, timeout=10_000)
     (pending,) = await start_hanging_requests(remote, 1)
-    first.kill()
+    first.child.kill()
     with pytest.raises(PeerUnavailableError):
         async with asyncio.timeout(DETECTION_S):
             await pending
-    await first.reap()
+    await first.child.aclose()  # reaped: its port is free
 
     # Issued while nothing listens: the peer is known to be gone, so the call fails at once.
     # Its timeout is shorter than PEER_UNREACHABLE_S: a call that waited for the peer would

@@ -9,13 +9,11 @@ each and prints what it saw as JSON lines; the test drives it through stdin.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,9 @@ import pytest
 
 import autonomy._peer as peer_module
 
-from .conftest import RUNNER, Runner, unique
+from .conftest import Runner, spawn_runner, unique
 from .netns import Host, NetnsLab, multicast_passes, netns_available
+from .processes import Child
 
 pytestmark = [
     pytest.mark.netns,
@@ -112,110 +111,56 @@ asyncio.run(main())
 '''
 
 
-class Child:
-    """A process in a namespace, in a session of its own, speaking JSON lines on stdout."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
-        self.name = name
-        self.process = process
-        self.output: list[str] = []
-
-    async def read_json(self, timeout_s: float) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            while True:
-                line = (await self.process.stdout.readline()).decode()
-                if not line:
-                    code = await self.process.wait()
-                    raise AssertionError(f"{self.name} exited with {code}:\n{''.join(self.output)}")
-                self.output.append(line)
-                if line.startswith("{"):
-                    return dict(json.loads(line))
-
-    async def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        async with asyncio.timeout(5):
-            await self.process.stdin.drain()
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    async def reap(self) -> None:
-        self.kill()
-        async with asyncio.timeout(10):
-            await self.process.wait()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-
-
 NETNS_SECRET = "copied-by-hand-to-every-machine-0123456789"
 
 
-async def start_in(host: Host, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Child:
-    process = await asyncio.create_subprocess_exec(
-        *host.command(*argv),
-        cwd=str(cwd),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-        env={
-            **os.environ,
-            "PYTHONPATH": "",
-            # Each "machine" has its own empty config home: the zone secret (CURVE on, the
-            # default) comes from the environment only, as a user copies it across machines.
-            "XDG_CONFIG_HOME": str(cwd / f"config-{name}"),
-            "AUTONOMY_ZONE_SECRET": NETNS_SECRET,
-            **env,
-        },
-    )
-    return Child(name, process)
-
-
 class Mesh:
-    """The processes of one test: a main in hosts[0], a runner in each other host."""
+    """The processes of one test: a main in hosts[0], a runner in each other host, each in
+    its namespace; all are killed and reaped when the mesh closes."""
 
-    def __init__(self, hosts: list[Host], zone: str, cwd: Path) -> None:
+    def __init__(self, hosts: list[Host], zone: str, cwd: Path, stack: AsyncExitStack) -> None:
         self.hosts = hosts
         self.zone = zone
         self.cwd = cwd
-        self.children: list[Child] = []
+        self.stack = stack
         self.runners: list[Runner] = []
 
+    def env(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        # Each "machine" has its own empty config home: the zone secret (CURVE on, the
+        # default) comes from the environment only, as a user copies it across machines.
+        return {
+            "PYTHONPATH": "",
+            "XDG_CONFIG_HOME": str(self.cwd / f"config-{name}"),
+            "AUTONOMY_ZONE_SECRET": NETNS_SECRET,
+            **env,
+        }
+
     async def runner(self, host: Host, name: str, bind: str, env: dict[str, str]) -> Runner:
-        argv = [sys.executable, str(RUNNER), "--name", name, "--zone", self.zone, "--bind", bind]
-        child = await start_in(host, name, argv, env, self.cwd)
-        self.children.append(child)
-        info = await child.read_json(20)
-        runner = Runner(name, self.zone, info["endpoint"], child.process.pid, child.process)
-        assert info["pid"] == child.process.pid  # `ip netns exec` execs: one process
+        runner = await spawn_runner(
+            self.zone, name, self.cwd, bind, self.env(name, env), prefix=host.command()
+        )
+        self.stack.push_async_callback(runner.child.aclose)
+        assert runner.pid == runner.child.pid  # `ip netns exec` execs: one process
         self.runners.append(runner)
         self.runners.sort(key=lambda each: each.name)
         return runner
 
     async def main(self, env: dict[str, str]) -> Child:
+        """The main node: JSON lines on stdout, commands on stdin."""
         script = self.cwd / "main.py"
         script.write_text(MAIN)
         host = self.hosts[0]
-        child = await start_in(
-            host,
-            "main",
-            [sys.executable, str(script)],
-            {
-                "AUTONOMY_NODE_NAME": "main",
-                "AUTONOMY_ZONE": self.zone,
-                "AUTONOMY_BIND": host.address,
-                **env,
-            },
-            self.cwd,
+        env = {
+            "AUTONOMY_NODE_NAME": "main",
+            "AUTONOMY_ZONE": self.zone,
+            "AUTONOMY_BIND": host.address,
+            **env,
+        }
+        child = Child(
+            sys.executable, script, name="main", prefix=host.command(), cwd=self.cwd,
+            env=self.env("main", env), merge_stderr=True,
         )
-        self.children.append(child)
-        return child
+        return await self.stack.enter_async_context(child)
 
 
 @asynccontextmanager
@@ -228,14 +173,8 @@ async def mesh(tmp_path: Path, *, block_multicast: bool = False) -> AsyncIterato
             lab.block_multicast()
             assert not await multicast_passes(hosts[1], hosts[0])
             assert not await multicast_passes(hosts[0], hosts[2])
-        state = Mesh(hosts, unique("zone"), tmp_path)
-        try:
-            yield state
-        finally:
-            for child in state.children:
-                child.kill()
-            for child in state.children:
-                await child.reap()
+        async with AsyncExitStack() as stack:
+            yield Mesh(hosts, unique("zone"), tmp_path, stack)
 
 
 def netns_inode(host: Host) -> int:
