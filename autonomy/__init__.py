@@ -6,13 +6,14 @@ TYPE_CHECKING too), so no import circle can form. ``tests/test_imports.py`` read
 and holds the code to it.
 
     1  _errors
-    2  _config  _protocol  _deadlines  _shipping  _tools
-    3  _secret  _transport  _discovery  _worker
-    4  _mailbox  _peer  _base
-    5  _inbound  _membership  _remote  _model
-    6  _node  _agent
-    7  _zone
-    8  __init__
+    2  _config  _protocol  _deadlines  _shipping  _tools  _gossip
+    3  _secret  _outbox  _discovery  _worker
+    4  _transport
+    5  _mailbox  _peer  _base
+    6  _inbound  _membership  _remote  _model
+    7  _node  _agent
+    8  _zone
+    9  __init__
 
 ``_transport`` is the only module that imports zmq, ``_discovery`` the only one that imports
 zeroconf. ``cli/`` sits on top and uses the public names below, and ``_config`` for the names

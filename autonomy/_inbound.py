@@ -31,6 +31,7 @@ from ._peer import SEND_WINDOW, Identity, Links
 from ._protocol import (
     BYE,
     CREDIT,
+    GOSSIP,
     HELLO,
     LIST,
     MEMBERS,
@@ -69,7 +70,9 @@ class ZoneView(Protocol):
 
     def heard_of(self, name: str, endpoint: str, instance: str, source: str) -> None: ...
 
-    def member_list(self) -> list[list[str]]: ...
+    def member_list(self) -> list[list[Any]]: ...
+
+    def gossip(self, payload: object) -> None: ...
 
 
 class DialerReply:
@@ -233,6 +236,8 @@ class Inbound:
                 self.answer(ident, encode_result(frame[2], None))
             elif kind == MEMBERS:
                 self.answer(ident, encode_result(frame[2], self._zone.member_list()))
+            elif kind == GOSSIP:
+                self._zone.gossip(frame[2])
             elif kind == BYE:
                 self._on_bye(ident)
             else:

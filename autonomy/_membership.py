@@ -1,13 +1,21 @@
-"""One node's view of its zone: which nodes are members, learnt from discovery, seeds and
-gossip, and kept by liveness from the links.
+"""One node's view of its zone: who is a member, learnt by discovery, seeds and gossip, and
+kept by a failure detector whose cost per node does not grow with the zone.
 
-Two tables. *Candidates* are nodes we heard of: from mDNS (``_discovery``), from seed peers
-and the peers they know (``AUTONOMY_PEERS``), and from nodes that dialed us. A candidate
-becomes a *member* only once this node has reached it and it answered our hello from the
-same zone, so `Zone.nodes` never returns a node that cannot be talked to (nor, with a zone
-secret, one that lacks it). A member leaves when it says goodbye (over mDNS or the wire) or
-when its link stays down for ``PEER_UNREACHABLE_S``: liveness comes from the links, never
-from mDNS records, which outlive a killed node by many minutes.
+- **Joining.** *Candidates* are nodes heard of over mDNS (``_discovery``), from seed peers
+  (``AUTONOMY_PEERS``) or from a node that dialed us. This node verifies a candidate itself
+  (a hello answered from the same zone, over a connection only holders of the zone's secret
+  can open) before it calls it a member, then pulls the member's whole view once. Members
+  vouched for by members arrive by gossip, unverified: only the zone's members can gossip.
+- **Gossip** (``_gossip``: SWIM's rules). News (joined, suspected, dead, left) is pushed to
+  a few random members every ``GOSSIP_INTERVAL_S`` while there is any, each piece a bounded
+  number of times; an idle zone exchanges nothing but one full pull every
+  ``SYNC_INTERVAL_S`` per node, which repairs whatever gossip missed.
+- **Failure detection.** Each node keeps a connection to ``WATCHED`` successors on a ring of
+  the members' names; the kernel's keepalives on it (``_transport``) notice a silent or dead
+  peer in seconds, at no user-space cost. A member whose connection drops (any connection:
+  a watcher's, or a caller's) is *suspected*; it refutes if it is alive, else it is declared
+  dead ``SUSPECT_TIMEOUT_S`` later. So a node holds a few connections, plus those it uses
+  (opened on first use, closed after ``IDLE_LINK_S`` unused), whatever the zone's size.
 
 Sits below `Node`: it knows the node only as its `Identity` and its `Links`.
 """
@@ -15,27 +23,55 @@ Sits below `Node`: it knows the node only as its `Identity` and its `Links`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
+from ._gossip import Book, Change, Record, Status, Update, parse_updates
 from ._peer import PEER_UNREACHABLE_S, Identity, Link, Links, LinkState
-from ._protocol import MEMBERS, VERSION
+from ._protocol import GOSSIP, MEMBERS, VERSION, encode
 
-__all__ = ["GOSSIP_INTERVAL_S", "MemberLink", "ZoneAgent"]
+__all__ = ["GOSSIP_INTERVAL_S", "SUSPECT_TIMEOUT_S", "MemberLink", "ZoneAgent"]
 
 log = logging.getLogger("autonomy.discovery")
 
-GOSSIP_INTERVAL_S: Final = 1.0
-"""How often a node with seed peers asks them (and its members) whom they know."""
+WATCHED: Final = 3
+"""Members each node keeps a connection to (its successors on the ring), to notice deaths."""
+
+GOSSIP_INTERVAL_S: Final = 0.2
+GOSSIP_FANOUT: Final = 3
+"""While there is news, every 0.2 s it goes to 3 random members."""
+
+SUSPECT_TIMEOUT_S: Final = PEER_UNREACHABLE_S
+"""A suspected member that does not refute is declared dead this long after."""
+
+SYNC_INTERVAL_S: Final = 30.0
+"""Every ~30 s a node pulls one random member's whole view (and asks its seeds again)."""
+
+SEED_RETRY_S: Final = 1.0
+"""A node that has no member yet asks its seeds every second."""
+
+IDLE_LINK_S: Final = 30.0
+"""A connection unused this long (no call, nothing in flight, not watched) is closed; the
+next call opens it again."""
+
+MAINTENANCE_S: Final = 1.0
 
 DISCOVERY_RETRY_S: Final = 1.0
 DISCOVERY_RETRY_MAX_S: Final = 30.0
 """mDNS that failed to start is started again after 1 s, then 2, 4... at most every 30 s."""
+
+VERIFY_AT_ONCE: Final = 3
+VERIFY_JITTER_S: Final = (0.2, 2.0)
+"""The first few candidates are verified at once; later ones after a random delay, and not
+at all if gossip made them members meanwhile (at a cold start of N nodes, everyone hears
+everyone over mDNS: N x N hellos otherwise)."""
 
 
 def interfaces_for(endpoint: str) -> list[str]:
@@ -62,6 +98,10 @@ def interfaces_for(endpoint: str) -> list[str]:
     return [str(address)]
 
 
+def _ring_key(name: str) -> bytes:
+    return hashlib.blake2b(name.encode(), digest_size=8).digest()
+
+
 class ZoneAgent:
     """Keeps one node's view of its zone (see the module docstring)."""
 
@@ -76,25 +116,29 @@ class ZoneAgent:
         on_conflict: Callable[[ConfigError], None] | None = None,
     ) -> None:
         self._me = identity
-        self._on_conflict = on_conflict
+        self._links = links
         self.expected = expected
         """The names of the zone's nodes, when its launcher said (``AUTONOMY_EXPECTED_NODES``)."""
-        self._links = links
+        self._on_conflict = on_conflict
+        self.book = Book(identity.name, identity.endpoint, identity.instance, self._admits_run)
+        """What this node believes of every member (the gossip state)."""
         self.candidates = Membership(identity.zone, identity.name, admit=self._admits)
         """Nodes heard of, not yet (or no longer) verified."""
         self.members = Membership(identity.zone, identity.name)
-        """Nodes of the zone this node has reached."""
+        """The zone's members as this node sees them (alive or suspected)."""
         self._discovery = self._new_discovery() if discovery else None
         self._seeds = seeds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._verifying: dict[str, asyncio.Task[None]] = {}
+        self._suspicions: dict[str, asyncio.TimerHandle] = {}
         self._departed: dict[str, str] = {}
-        self._duplicates: set[str] = set()
-        """Instances refused as a second node of a member's name (logged once each)."""
-        self._name_checks: dict[str, asyncio.Task[None]] = {}
         """Why each node that left did (the latest few): a call to it says so."""
-        self._removals: dict[str, asyncio.TimerHandle] = {}
+        self._duplicates: set[str] = set()
+        """Runs refused as a second node of a member's name (logged once each)."""
+        self._name_checks: dict[str, asyncio.Task[None]] = {}
+        self._watched: set[str] = set()
+        self._news = asyncio.Event()
         self.started_at = time.monotonic()
         """When this node joined (monotonic clock): `Zone.nodes` lets discovery settle."""
         self.candidates.subscribe(self._on_candidate, self._on_candidate_left)
@@ -116,16 +160,19 @@ class ZoneAgent:
     def __repr__(self) -> str:
         return (
             f"<ZoneAgent {self._me.name!r} zone={self._me.zone!r} "
-            f"members={len(self.members.members())} candidates="
+            f"members={len(self.book)} candidates="
             f"{len(self.candidates.members())} seeds={len(self._seeds)}>"
         )
 
+    # -- lifecycle ----------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Start discovering in the background: the node is usable at once."""
+        """Start discovering, gossiping and watching in the background: the node is usable
+        at once."""
         if self._discovery is not None:
             self._spawn(self._keep_discovering(self._discovery))
-        if self._seeds:
-            self._spawn(self._gossip())
+        self._spawn(self._gossip())
+        self._spawn(self._maintain())
 
     async def _keep_discovering(self, discovery: Discovery) -> None:
         """Start mDNS, and start it again for as long as it fails: a node whose loop was
@@ -153,12 +200,13 @@ class ZoneAgent:
             discovery = self._discovery = self._new_discovery()
 
     async def stop(self) -> None:
-        """Withdraw from mDNS (a goodbye others see within milliseconds), stop every task."""
+        """Withdraw from mDNS (a goodbye others see within milliseconds) and stop every
+        task. The goodbye to the members is `farewell`, once the node's workers stopped."""
         self._stopping = True
         self._links.on_change = None
-        for handle in self._removals.values():
+        for handle in self._suspicions.values():
             handle.cancel()
-        self._removals.clear()
+        self._suspicions.clear()
         # Discovery first, and never by cancelling its start: a stop during start closes
         # zeroconf's sockets properly and makes start() return.
         if self._discovery is not None:
@@ -169,16 +217,93 @@ class ZoneAgent:
         if tasks:
             await asyncio.wait(tasks)
 
+    def farewell(self) -> None:
+        """This node leaves: tell the members it is connected to, and a few others (gossip
+        spreads it from there)."""
+        farewell = encode(GOSSIP, [list(self.book.leave())])
+        told = 0
+        for link in self._links:
+            if link.is_up() and link.post(farewell):
+                told += 1
+        if told < GOSSIP_FANOUT:
+            for record in self._pick(GOSSIP_FANOUT - told):
+                self._links.get(record.endpoint, record.name).post(farewell)
+
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
+    # -- news: applied here, mirrored in the members table -------------------------------------
+
+    def gossip(self, payload: object) -> None:
+        """A member pushed news (a GOSSIP frame)."""
+        for update in parse_updates(payload):
+            self._apply(update, "gossip")
+
+    def _apply(self, update: Update, source: str) -> None:
+        if self._stopping:
+            return
+        outcome = self.book.apply(update)
+        if outcome is not None:
+            self._act(*outcome, source)
+        if self.book.has_news():
+            self._news.set()
+
+    def _act(self, change: Change, record: Record, source: str) -> None:
+        if change is Change.JOINED:
+            member = Member(record.name, self._me.zone, record.endpoint, VERSION, record.instance)
+            self.members.add(member, source)
+            if record.status is Status.SUSPECT:
+                self._start_suspicion(record)
+            self._rewatch()
+        elif change is Change.SUSPECTED:
+            self._start_suspicion(record)
+            link = self._links.find(record.endpoint)
+            if link is not None and link.is_up():
+                # We reach it: tell it, so that it refutes at once.
+                link.post(encode(GOSSIP, [list(record.update())]))
+        elif change is Change.ALIVE_AGAIN:
+            self._cancel_suspicion(record.name)
+        elif change is Change.LEFT:
+            self._cancel_suspicion(record.name)
+            reason = "it left" if record.status is Status.LEFT else "it stopped answering"
+            if self.members.remove(record.name, reason, instance=record.instance):
+                self._links.forget(record.endpoint, "left the zone")
+            self.candidates.remove(record.name, reason, instance=record.instance)
+            self._rewatch()
+        elif change is Change.SAME_NAME:
+            self._same_name(
+                Member(record.name, self._me.zone, record.endpoint, VERSION, record.instance)
+            )
+
+    def _start_suspicion(self, record: Record) -> None:
+        if record.name not in self._suspicions:
+            log.info("node %s is suspected (no connection)", record.name)
+            self._suspicions[record.name] = asyncio.get_running_loop().call_later(
+                SUSPECT_TIMEOUT_S, self._expire, record.name, record.instance
+            )
+
+    def _cancel_suspicion(self, name: str) -> None:
+        handle = self._suspicions.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _expire(self, name: str, instance: str) -> None:
+        self._suspicions.pop(name, None)
+        record = self.book.records.get(name)
+        if record is None or record.instance != instance or record.status is not Status.SUSPECT:
+            return
+        ended = self.book.declare(name, instance, Status.DEAD)
+        if ended is not None:
+            self._act(Change.LEFT, ended, "suspicion")
+            self._news.set()
+
     # -- members by name ---------------------------------------------------------------------
 
     def link_to(self, name: str) -> Link:
-        """The link to the member called ``name``, whichever instance of it is a member now.
+        """The link to the member called ``name``, whichever run of it is a member now.
 
         Raises:
             PeerUnavailableError: no node of that name is a member (it left, or never joined).
@@ -203,15 +328,17 @@ class ZoneAgent:
     # -- candidates become members once reached ------------------------------------------
 
     def _on_candidate(self, candidate: Member) -> None:
-        member = self.members.get(candidate.name)
-        if member is not None and member.instance == candidate.instance:
+        record = self.book.records.get(candidate.name)
+        if record is not None and record.instance == candidate.instance:
             return
         self._verify_soon(candidate)
 
     def _on_candidate_left(self, candidate: Member, reason: str) -> None:
-        # A goodbye (mDNS) or a newer instance of the same name: the old one is gone.
-        if self.members.remove(candidate.name, reason, instance=candidate.instance):
-            self._links.forget(candidate.endpoint, "left the zone")
+        # A goodbye over mDNS, or a newer run of the name: that run is gone.
+        ended = self.book.declare(candidate.name, candidate.instance, Status.LEFT)
+        if ended is not None:
+            self._act(Change.LEFT, ended, "mdns")
+            self._news.set()
 
     def _verify_soon(self, candidate: Member) -> None:
         running = self._verifying.get(candidate.name)
@@ -220,6 +347,11 @@ class ZoneAgent:
         self._verifying[candidate.name] = self._spawn(self._verify(candidate))
 
     async def _verify(self, candidate: Member) -> None:
+        if len(self.book) >= VERIFY_AT_ONCE:
+            await asyncio.sleep(random.uniform(*VERIFY_JITTER_S))
+            record = self.book.records.get(candidate.name)
+            if record is not None and record.instance == candidate.instance:
+                return  # gossip was faster
         try:
             link = await self._links.connect(candidate.endpoint, PEER_UNREACHABLE_S + 2)
         except AutonomyError as exc:
@@ -233,48 +365,57 @@ class ZoneAgent:
                 candidate.name,
             )
             return
-        self.members.add(
-            Member(candidate.name, self._me.zone, candidate.endpoint, VERSION, link.instance),
-            "verified",
-        )
+        first = len(self.book) == 0
+        outcome = self.book.add(candidate.name, candidate.endpoint, link.instance)
+        if outcome is not None:
+            self._act(*outcome, "verified")
+            self._news.set()
+        if first:
+            await self._pull(link)  # a new node learns the whole zone from its first member
 
     def heard_of(self, name: str, endpoint: str, instance: str, source: str) -> None:
-        """A node told us of itself (a hello) or of others (gossip): a candidate."""
+        """A node told us of itself (a hello): a candidate."""
         if not instance:
             return
         if name == self._me.name:
             if instance != self._me.instance:
                 self._same_name(Member(name, self._me.zone, endpoint, VERSION, instance))
             return
-        known = self.members.get(name)
-        if known is not None and known.instance == instance and known.endpoint == endpoint:
+        record = self.book.records.get(name)
+        if record is not None and record.instance == instance and record.endpoint == endpoint:
             return
         self.candidates.add(Member(name, self._me.zone, endpoint, VERSION, instance), source)
 
     # -- one name, one node -------------------------------------------------------------------
 
-    def _admits(self, candidate: Member) -> bool:
-        """A second node that calls itself like a live member is kept out: the first keeps
-        its name (the second stops, see `_same_name`). A restarted node is let in: its
-        predecessor's link is down, or it said goodbye."""
-        member = self.members.get(candidate.name)
-        if member is None or member.instance == candidate.instance:
-            return True
-        if candidate.instance < member.instance:
-            return True  # the candidate started first: it keeps the name
-        link = self._links.find(member.endpoint)
+    def _admits_run(self, old: Record, new: Record) -> bool:
+        """A newer run of a member's name replaces it only when the member is gone: while
+        it is reachable, the newer one is a second node with a taken name (it stops, see
+        `_same_name`). A restarted node is let in: its predecessor's link is down."""
+        link = self._links.find(old.endpoint)
         if link is None or not link.is_up():
             return True
-        if candidate.instance not in self._duplicates:
-            self._duplicates.add(candidate.instance)
+        if new.instance not in self._duplicates:
+            self._duplicates.add(new.instance)
             log.warning(
                 "node at %s also calls itself %r in zone %r: the node at %s keeps the name",
-                candidate.endpoint,
-                candidate.name,
+                new.endpoint,
+                new.name,
                 self._me.zone,
-                member.endpoint,
+                old.endpoint,
             )
         return False
+
+    def _admits(self, candidate: Member) -> bool:
+        record = self.book.records.get(candidate.name)
+        if record is None or record.instance == candidate.instance:
+            return True
+        if candidate.instance < record.instance:
+            return True  # the candidate started first: it keeps the name
+        return self._admits_run(
+            record,
+            Record(candidate.name, candidate.endpoint, candidate.instance, 0, Status.ALIVE),
+        )
 
     def _same_name(self, other: Member) -> None:
         """Another node advertises this node's name. If it started first and answers, this
@@ -304,41 +445,106 @@ class ZoneAgent:
     # -- liveness from the links ------------------------------------------------------------
 
     def link_changed(self, link: Link) -> None:
-        """The node's link to a peer changed state."""
-        member = self.members.get(link.name) if link.name else None
-        if member is None or member.endpoint != link.endpoint:
+        """A link of this node changed state."""
+        record = self.book.records.get(link.name) if link.name else None
+        if record is None or record.endpoint != link.endpoint:
             candidate = self.candidates.get(link.name) if link.name else None
-            if (
-                link.is_up()
-                and candidate is not None
-                and candidate.endpoint == link.endpoint
-                and member is None
-            ):
+            if link.is_up() and candidate is not None and candidate.endpoint == link.endpoint:
                 self._verify_soon(candidate)  # back after a partition: a member again
             return
-        pending = self._removals.pop(link.name, None)
-        if pending is not None:
-            pending.cancel()
         if link.is_up():
+            if record.status is Status.SUSPECT:
+                link.post(encode(GOSSIP, [list(record.update())]))  # it refutes
             return
-        if link.state in (LinkState.GONE, LinkState.REFUSED, LinkState.CLOSED):
-            self._remove(member, link.reason or link.state.value)
+        if link.state is LinkState.GONE:
+            ended = self.book.declare(record.name, record.instance, Status.LEFT)
+            if ended is not None:
+                self._act(Change.LEFT, ended, "goodbye")
+        elif link.state in (LinkState.DOWN, LinkState.REFUSED):
+            suspected = self.book.suspect(record.name)
+            if suspected is not None:
+                self._act(Change.SUSPECTED, suspected, "link")
+        self._news.set()
+
+    def _rewatch(self) -> None:
+        """Keep connections to this node's successors on the ring of member names."""
+        if self._stopping:
             return
-        self._removals[link.name] = asyncio.get_running_loop().call_later(
-            PEER_UNREACHABLE_S, self._remove_if_down, member, link
-        )
+        me = _ring_key(self._me.name)
+        ring = sorted(self.book.alive(), key=lambda r: (_ring_key(r.name) <= me, _ring_key(r.name)))
+        wanted = {record.endpoint: record.name for record in ring[:WATCHED]}
+        for endpoint in self._watched - wanted.keys():
+            link = self._links.find(endpoint)
+            if link is not None:
+                link.watched = False
+        for endpoint, name in wanted.items():
+            self._links.get(endpoint, name).watched = True
+        self._watched = set(wanted)
 
-    def _remove_if_down(self, member: Member, link: Link) -> None:
-        self._removals.pop(member.name, None)
-        if not link.is_up():
-            self._remove(member, f"unreachable: {link.reason}")
+    # -- gossip, pulls, seeds, idle links ----------------------------------------------------
 
-    def _remove(self, member: Member, reason: str) -> None:
-        if self.members.remove(member.name, reason, instance=member.instance):
-            # Forget the connection only when mDNS will not bring the same node back.
-            candidate = self.candidates.get(member.name)
-            if candidate is None or candidate.instance == member.instance:
-                self.candidates.remove(member.name, reason, instance=member.instance)
+    def _pick(self, count: int) -> list[Record]:
+        alive = [r for r in self.book.alive() if r.status is Status.ALIVE]
+        return random.sample(alive, min(count, len(alive)))
+
+    async def _gossip(self) -> None:
+        while True:
+            if not self.book.has_news():
+                self._news.clear()
+                await self._news.wait()
+            news = self.book.take_news()
+            if news:
+                frame = encode(GOSSIP, [list(update) for update in news])
+                for record in self._pick(GOSSIP_FANOUT):
+                    self._links.get(record.endpoint, record.name).post(frame)
+            await asyncio.sleep(GOSSIP_INTERVAL_S)
+
+    async def _pull(self, link: Link) -> None:
+        """Merge ``link``'s node's whole view into ours (a join, or anti-entropy)."""
+        try:
+            view = await link.call(MEMBERS, timeout_s=5.0)
+        except AutonomyError as exc:
+            log.debug("no membership from %s: %s", link.label, exc)
+            return
+        for update in parse_updates(view):
+            self._apply(update, "pull")
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time() + SYNC_INTERVAL_S * random.uniform(0.5, 1.0)
+        next_seeds = loop.time()
+        next_idle = loop.time() + IDLE_LINK_S / 2
+        while True:
+            now = loop.time()
+            if self._seeds and now >= next_seeds:
+                await asyncio.gather(*(self._ask_seed(seed) for seed in self._seeds))
+                next_seeds = now + (SEED_RETRY_S if not len(self.book) else SYNC_INTERVAL_S)
+            if now >= next_sync:
+                for record in self._pick(1):
+                    await self._pull(self._links.get(record.endpoint, record.name))
+                next_sync = now + SYNC_INTERVAL_S * random.uniform(0.8, 1.2)
+            if now >= next_idle:
+                self._links.retire_idle()
+                next_idle = now + IDLE_LINK_S / 2
+            await asyncio.sleep(MAINTENANCE_S)
+
+    async def _ask_seed(self, endpoint: str) -> None:
+        try:
+            link = await self._links.connect(endpoint, 5.0)
+        except AutonomyError as exc:
+            log.debug("seed %s not reached: %s", endpoint, exc)
+            return
+        if link.name and link.name != self._me.name:
+            outcome = self.book.add(link.name, endpoint, link.instance)
+            if outcome is not None:
+                self._act(*outcome, "seed")
+        await self._pull(link)
+
+    # -- what other nodes ask of this one -----------------------------------------------------
+
+    def member_list(self) -> list[list[Any]]:
+        """This node's whole view, itself included (the answer to MEMBERS)."""
+        return [list(update) for update in self.book.snapshot()]
 
     # -- what Zone.nodes waits for ----------------------------------------------------------
 
@@ -355,48 +561,12 @@ class ZoneAgent:
         age = time.monotonic() - self.started_at
         await self.members.wait_settled(quiet_s, max(0.0, max_s - age))
 
-    # -- seed peers and gossip --------------------------------------------------------------
-
-    def member_list(self) -> list[list[str]]:
-        """What this node tells others it knows: itself and its members."""
-        me = self._me
-        known = [[me.name, me.endpoint, me.instance]]
-        known.extend([m.name, m.endpoint, m.instance] for m in self.members.members())
-        return known
-
-    async def _gossip(self) -> None:
-        while True:
-            targets = set(self._seeds)
-            targets.update(m.endpoint for m in self.members.members())
-            await asyncio.gather(*(self._exchange(endpoint) for endpoint in targets))
-            await asyncio.sleep(GOSSIP_INTERVAL_S)
-
-    async def _exchange(self, endpoint: str) -> None:
-        try:
-            link = await self._links.connect(endpoint, 5.0)
-            known = await link.call(MEMBERS, timeout_s=5.0)
-        except AutonomyError as exc:
-            log.debug("no membership from %s: %s", endpoint, exc)
-            return
-        if link.name and self.members.get(link.name) is None:
-            self.members.add(
-                Member(link.name, self._me.zone, endpoint, VERSION, link.instance), "seed"
-            )
-        if not isinstance(known, list):
-            return
-        for entry in known:
-            if (
-                isinstance(entry, list)
-                and len(entry) == 3
-                and all(isinstance(part, str) and part for part in entry)
-            ):
-                self.heard_of(entry[0], entry[1], entry[2], "peers")
-
 
 class MemberLink:
     """A node of the zone by name, resolved to a link on each call: while no node of that
     name is a member, calls fail at once; when one is again (a restart, at a new address),
-    the same handle reaches it. The lookup is cached until the membership changes."""
+    the same handle reaches it. The lookup is cached until the membership changes (or the
+    link is closed for idleness)."""
 
     __slots__ = ("_agent", "_link", "_version", "name")
 
@@ -409,11 +579,7 @@ class MemberLink:
     def __call__(self) -> Link:
         version = self._agent.members.version
         link = self._link
-        if link is None or version != self._version:
+        if link is None or version != self._version or link.state is LinkState.CLOSED:
             link = self._link = self._agent.link_to(self.name)
             self._version = version
         return link
-
-    def last(self) -> Link | None:
-        """The link of the last successful lookup, if any."""
-        return self._link

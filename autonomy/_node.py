@@ -303,6 +303,8 @@ class Node(NodeInterface):
             if self._agent is not None:
                 await self._agent.stop()
             await self._workers.stop_all(STOP_GRACE_S)
+            if self._agent is not None:
+                self._agent.farewell()
             inbound.say_goodbye()
             links.close(f"node {self._name!r} stopped")
             await inbound.close(STOP_GRACE_S)

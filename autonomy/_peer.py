@@ -119,6 +119,9 @@ class Link:
         "slot_waiters",
         "state",
         "up_waiters",
+        "used",
+        "used_mark",
+        "watched",
     )
 
     def __init__(self, links: Links, endpoint: str, name: str, since: float) -> None:
@@ -140,6 +143,11 @@ class Link:
         self.up_waiters: deque[asyncio.Future[None]] = deque()
         self.slot_waiters: deque[asyncio.Future[None]] = deque()
         self.dealer: DealerSocket | None = None
+        self.used = 0
+        """Calls and one-way messages sent (an idle link's count stands still)."""
+        self.used_mark = 0
+        self.watched = False
+        """Kept open by the zone's failure detector, used or not."""
 
     @property
     def label(self) -> str:
@@ -174,6 +182,7 @@ class Link:
         return self._call(rid, frame, worker, timeout_s)
 
     async def _call(self, rid: int, frame: bytes, worker: str, timeout_s: float) -> Any:
+        self.used += 1
         links = self._links
         if links.closed:
             raise NodeClosedError(links.closed_reason)
@@ -224,6 +233,7 @@ class Link:
 
     async def send(self, worker: str, message: str, timeout_s: float) -> None:
         """A worker's ``send_message``: queued at the peer, within the worker's window."""
+        self.used += 1
         links = self._links
         if links.closed:
             raise NodeClosedError(links.closed_reason)
@@ -254,6 +264,27 @@ class Link:
                 return
             if not await _park(self.credit_waiters.setdefault(worker, deque()), deadline):
                 raise ReplyTimeoutError(worker, timeout_s * 1000)
+
+    def post(self, frame: bytes) -> bool:
+        """Send a frame that expects no answer (gossip), unless the peer is known to be
+        gone; a link still connecting sends it once connected. Returns whether it went."""
+        if self.dealer is None or self.state not in (LinkState.UP, LinkState.CONNECTING):
+            return False
+        try:
+            self.dealer.send(frame)
+        except AutonomyError:
+            return False
+        return True
+
+    def is_idle(self) -> bool:
+        """Nothing in flight, nobody waiting, no one-way window open."""
+        return not (
+            self.pending
+            or self.slot_waiters
+            or self.up_waiters
+            or any(self.credit.values())
+            or any(self.credit_waiters.values())
+        )
 
     # -- what arrives on our DEALER ---------------------------------------------------------
 
@@ -476,6 +507,24 @@ class Links:
         self.lost(link, LinkState.CLOSED, reason)
         if link.dealer is not None:
             self.transport.forget(link.dealer)
+
+    def retire_idle(self) -> int:
+        """Close the links unused since the last call (and not watched); returns how many.
+        A call on a closed link's node opens a new one."""
+        retired = 0
+        for link in list(self._links.values()):
+            if link.watched or link.used != link.used_mark or not link.is_idle():
+                link.used_mark = link.used
+                continue
+            del self._links[link.endpoint]
+            link.state = LinkState.CLOSED
+            link.reason = "closed for idleness"
+            if link.dealer is not None:
+                self.transport.forget(link.dealer)
+            retired += 1
+        if retired:
+            log.debug("closed %d idle connection(s)", retired)
+        return retired
 
     def close(self, reason: str) -> None:
         """Say goodbye on every live link and fail everything in flight with

@@ -23,8 +23,9 @@ RESULT     rid, value                                              -
 CREDIT     worker, count                                           -
 BYE        reason                                                  -
 PING       rid                                                     RESULT None
-MEMBERS    rid                                                     RESULT [[name,
-                                                                  endpoint, instance]...]
+MEMBERS    rid                                                     RESULT [update...]
+GOSSIP     updates: [[name, endpoint, instance, incarnation,       -
+           status], ...] (``_gossip``)
 =========  =====================================================  ===================
 
 Failures travel as ERROR frames ``(code, message, fields)``; :func:`error_from_wire` maps a
@@ -84,6 +85,7 @@ CREDIT: Final = 10
 BYE: Final = 11
 PING: Final = 12
 MEMBERS: Final = 13
+GOSSIP: Final = 14
 
 KIND_NAMES: Final = {
     HELLO: "HELLO",
@@ -99,6 +101,7 @@ KIND_NAMES: Final = {
     BYE: "BYE",
     PING: "PING",
     MEMBERS: "MEMBERS",
+    GOSSIP: "GOSSIP",
 }
 
 _ANY = object  # a field of any msgpack type (checked by the layer that uses it)
@@ -118,6 +121,7 @@ _SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     BYE: (str,),
     PING: (int,),
     MEMBERS: (int,),
+    GOSSIP: (list,),
 }
 
 

@@ -25,25 +25,30 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ._errors import ConfigError, NodeClosedError, PeerUnavailableError
+from ._outbox import Outbox, Traffic
 from ._protocol import BATCH_BYTES
 
-__all__ = [
-    "HEARTBEAT_IVL_MS",
-    "HEARTBEAT_TIMEOUT_MS",
-    "CurveKeys",
-    "DealerSocket",
-    "Transport",
-    "curve_keys",
-]
+__all__ = ["SILENT_LINK_S", "CurveKeys", "DealerSocket", "PeerEvent", "Transport", "curve_keys"]
 
 log = logging.getLogger("autonomy.transport")
 
-HEARTBEAT_IVL_MS: Final = 500
-"""ZMTP heartbeat interval. libzmq's I/O thread sends and answers these, so a handler that
-blocks Python does not get its node declared dead (DESIGN.md: a 5 s block did not)."""
+KEEPALIVE_IDLE_S: Final = 2
+KEEPALIVE_INTERVAL_S: Final = 1
+KEEPALIVE_PROBES: Final = 2
+"""Liveness of a connection is the kernel's: an idle connection is probed after 2 s of
+silence, then every second, and closed when 2 probes go unanswered (~4 s of silence).
 
-HEARTBEAT_TIMEOUT_MS: Final = 1500
-"""A connection silent for this long is closed; a silent partition is seen in about 1.8 s."""
+No ZMTP heartbeats: they cost every connection two CURVE messages a second in libzmq's
+I/O thread (an idle 31-node zone used 4 s of CPU in 10 s) and trip libzmq's ``!_io_error``
+assert when many peers leave at once. Keepalives are answered while Python is blocked, as
+ZMTP heartbeats were, and cost no user-space CPU."""
+
+UNACKED_TIMEOUT_MS: Final = 3000
+"""Data sent and not acknowledged for this long closes the connection (TCP_USER_TIMEOUT,
+ZeroMQ's TCP_MAXRT): a request sent into a silent partition fails in ~3 s."""
+
+SILENT_LINK_S: Final = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES + 1
+"""The bound on noticing a silent peer (a partition, a host that vanished): ~5 s."""
 
 RECONNECT_IVL_MS: Final = 100
 RECONNECT_IVL_MAX_MS: Final = 1000
@@ -52,8 +57,6 @@ RECONNECT_IVL_MAX_MS: Final = 1000
 CLOSE_LINGER_MS: Final = 200
 """Linger at close: long enough to flush a BYE on a live connection, short enough that stop()
 never hangs on a dead one."""
-
-COALESCE_BYTES: Final = BATCH_BYTES  # the wire's rule, from _protocol
 
 BATCH: Final = 512
 """Frames read per wake-up before yielding to the loop, so one busy socket cannot starve the
@@ -126,46 +129,16 @@ def _common_options(sock: zmq.Socket[bytes], max_frame_bytes: int) -> None:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-    # Heartbeats on both ends detect a silent partition; TTL tells the other end our timeout.
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     # A connection whose sender exceeds twice our frame limit is cut by libzmq before the
     # frame is allocated; frames between 1x and 2x are refused by the protocol with a reply.
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max(max_frame_bytes, BATCH_BYTES))
-    # Keepalive keeps idle connections through NATs and finds dead hosts at the OS level too.
+    # The kernel finds silent peers (see KEEPALIVE_IDLE_S): no user-space work, answered
+    # even while Python is blocked, and it keeps idle connections through NATs.
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
-
-
-class _Outbox:
-    """The frames queued for one destination in this loop turn, sent as one message."""
-
-    __slots__ = ("frames", "send", "size")
-
-    def __init__(self, send: Callable[[bytes], None]) -> None:
-        self.frames: list[bytes] = []
-        self.size = 0
-        self.send = send
-
-    def add(self, frame: bytes) -> None:
-        size = len(frame)
-        if self.size + size > COALESCE_BYTES:
-            self.flush()  # keep every message within the wire's batch size
-            if size >= COALESCE_BYTES:
-                self.send(frame)  # a big frame travels alone
-                return
-        self.frames.append(frame)
-        self.size += size
-
-    def flush(self) -> None:
-        frames = self.frames
-        if frames:
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            frames.clear()
-            self.size = 0
-            self.send(data)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, UNACKED_TIMEOUT_MS)
 
 
 class _Driven:
@@ -223,6 +196,8 @@ class DealerSocket:
         "_outbox",
         "_transport",
         "endpoint",
+        "reconnects",
+        "traffic",
     )
 
     def __init__(
@@ -259,7 +234,10 @@ class DealerSocket:
             sock.close(linger=0)
             raise PeerUnavailableError(endpoint, f"cannot dial: {exc}") from exc
         self._transport = transport
-        self._outbox = _Outbox(self._send)
+        self.traffic = Traffic()
+        self.reconnects = 0
+        """Connections made after the first (the peer restarted, or the network broke)."""
+        self._outbox = Outbox(self._send)
         self._driven = _Driven(transport.loop, sock, self._drain)
         self._monitor = _Driven(transport.loop, monitor, self._drain_monitor)
 
@@ -270,9 +248,12 @@ class DealerSocket:
         recv = sock.recv
         getsockopt = sock.getsockopt
         on_frame = self._on_frame
+        count = size = 0
         try:
             for _ in range(BATCH):
                 frame = recv(_NOBLOCK)
+                count += 1
+                size += len(frame)
                 if getsockopt(_RCVMORE):
                     # Our peers send single-part frames; anything else is discarded whole.
                     while getsockopt(_RCVMORE):
@@ -285,6 +266,10 @@ class DealerSocket:
                     log.exception("error while handling a frame from %s", self.endpoint)
         except zmq.Again:
             return
+        finally:
+            traffic = self.traffic
+            traffic.messages_received += count
+            traffic.bytes_received += size
         self._driven.kick()  # a full batch: more may wait, after the others had a turn
 
     def _drain_monitor(self) -> None:
@@ -293,6 +278,7 @@ class DealerSocket:
             event = parse_monitor_message(driven.sock.recv_multipart(zmq.NOBLOCK))
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.reconnects += 1
                 self._on_event(PeerEvent.UP, "")
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._on_event(PeerEvent.LOST, "connection lost")
@@ -348,6 +334,9 @@ class DealerSocket:
         except zmq.ZMQError as exc:
             log.debug("lost a message to %s: %s", self.endpoint, exc)
             return
+        traffic = self.traffic
+        traffic.messages_sent += 1
+        traffic.bytes_sent += len(data)
         self._driven.kick()
 
     def close(self, linger_ms: int = CLOSE_LINGER_MS) -> None:
@@ -381,7 +370,7 @@ class Transport:
         self._on_router_frame: Callable[[bytes, bytes], None] = _unbound
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._router: _Driven | None = None
-        self._router_out: dict[bytes, _Outbox] = {}
+        self._router_out: dict[bytes, Outbox] = {}
         """Per dialer, the frames queued for it in this loop turn."""
         self._dirty_dealers: list[DealerSocket] = []
         self._flush_scheduled = False
@@ -390,6 +379,10 @@ class Transport:
         self._zap: _ZapHandler | None = None
         self._dealers: list[DealerSocket] = []
         self.endpoint = ""
+        self.traffic = Traffic()
+        """What the ROUTER moved."""
+        self._retired = Traffic()
+        """What the DEALERs closed so far moved."""
 
     def bind(self, address: str, on_frame: Callable[[bytes, bytes], None]) -> str:
         """Bind the ROUTER to ``address`` (``tcp://host:port``, port ``*`` for any); returns
@@ -451,10 +444,13 @@ class Transport:
         recv = sock.recv
         getsockopt = sock.getsockopt
         on_frame = self._on_router_frame
+        count = size = 0
         try:
             for _ in range(BATCH):
                 ident = recv(_NOBLOCK)  # a ROUTER always prefixes the dialer's identity
                 frame = recv(_NOBLOCK)
+                count += 1
+                size += len(frame)
                 if getsockopt(_RCVMORE):
                     while getsockopt(_RCVMORE):
                         recv(_NOBLOCK)
@@ -469,6 +465,10 @@ class Transport:
                     log.exception("error while handling a frame from dialer %r", ident)
         except zmq.Again:
             return
+        finally:
+            traffic = self.traffic
+            traffic.messages_received += count
+            traffic.bytes_received += size
         driven.kick()  # a full batch: more may wait, after the others had a turn
 
     def router_send(self, ident: bytes, frame: bytes) -> None:
@@ -484,7 +484,7 @@ class Transport:
             raise NodeClosedError("the node's transport is closed")
         outbox = self._router_out.get(ident)
         if outbox is None:
-            outbox = self._router_out[ident] = _Outbox(partial(self._router_send_now, ident))
+            outbox = self._router_out[ident] = Outbox(partial(self._router_send_now, ident))
             self._schedule_flush()
         outbox.add(frame)
 
@@ -499,6 +499,9 @@ class Transport:
         except zmq.ZMQError as exc:
             log.debug("lost a message to dialer %r: %s", ident, exc.strerror)
             return
+        traffic = self.traffic
+        traffic.messages_sent += 1
+        traffic.bytes_sent += len(data)
         driven.kick()
 
     def _dirty(self, dealer: DealerSocket) -> None:
@@ -537,10 +540,27 @@ class Transport:
         return dealer
 
     def forget(self, dealer: DealerSocket) -> None:
-        """Close one DEALER (the peer left for good)."""
+        """Close one DEALER (the peer left for good, or the link was idle)."""
         dealer.close()
         if dealer in self._dealers:
             self._dealers.remove(dealer)
+            self._retired.add(dealer.traffic)
+
+    def totals(self) -> dict[str, int]:
+        """Messages and bytes moved by every socket of this transport since it started, and
+        the handshakes refused."""
+        total = Traffic()
+        total.add(self.traffic)
+        total.add(self._retired)
+        for dealer in self._dealers:
+            total.add(dealer.traffic)
+        return {**total.as_dict(), "refused_handshakes": self.refused_handshakes}
+
+    @property
+    def refused_handshakes(self) -> int:
+        """Connections refused at the handshake: ZAP refusals and failed handshakes."""
+        zap = self._zap.refusals if self._zap is not None else 0
+        return self._failed_handshakes + zap
 
     def close(self, linger_ms: int = CLOSE_LINGER_MS) -> None:
         """Send what is queued, close every socket (with a bounded linger) and terminate
@@ -576,6 +596,7 @@ class _ZapHandler:
         self._client_key = z85.decode(client_key)
         self._domain = transport._zap_domain.encode()
         self._refused: dict[bytes, int] = {}
+        self.refusals = 0
         sock = transport.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(ZAP_ENDPOINT)
@@ -607,6 +628,7 @@ class _ZapHandler:
             )
 
     def _log_refusal(self, address: bytes, mechanism: bytes) -> None:
+        self.refusals += 1
         count = self._refused.get(address, 0) + 1
         if len(self._refused) > 1000:
             self._refused.clear()

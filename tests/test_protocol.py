@@ -40,6 +40,7 @@ from autonomy._protocol import (
     CREDIT,
     ENVELOPE_OVERHEAD,
     ERROR,
+    GOSSIP,
     HELLO,
     KIND_NAMES,
     LIST,
@@ -99,6 +100,7 @@ SAMPLE_FRAMES: dict[str, tuple[Any, ...]] = {
     "BYE": (BYE, "node stopped"),
     "PING": (PING, 10),
     "MEMBERS": (MEMBERS, 11),
+    "GOSSIP": (GOSSIP, [["node-b", "tcp://127.0.0.1:5556", "0123abcd", 3, 1]]),
     "largest ids": (REQUEST, U64, "w", "m", U64),
     "non-ASCII text": (REQUEST, 1, "wörker-😀", "héllo ✓ 😀", 5),
 }
