@@ -101,6 +101,17 @@ class NodeInterface(ABC):
         """The node's workers: a dict each with ``name``, ``queued``, ``handled``, ``failed``."""
         return await self._do_list_workers()
 
+    async def stats(self) -> dict[str, Any]:
+        """The node's counters: its workers, its peers, its traffic and its zone.
+
+        A dict of plain values (the same for a local and a remote node): ``node``,
+        ``zone``, ``members``, ``messages_sent``/``_received``, ``bytes_sent``/``_received``,
+        ``refused_handshakes``, ``connections`` (``dialed``, ``accepted``), ``workers`` (per
+        name: ``handled``, ``failed``, ``queued``, ``expired``) and ``peers`` (per peer:
+        ``state``, ``in_flight``, ``messages_sent``/``_received``, ``reconnects``).
+        """
+        return await self._do_stats()
+
     async def send_message(
         self, name: str, message: str, timeout: float = DEFAULT_TIMEOUT_MS
     ) -> None:
@@ -151,6 +162,9 @@ class NodeInterface(ABC):
 
     @abstractmethod
     async def _do_list_workers(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _do_stats(self) -> dict[str, Any]: ...
 
     @abstractmethod
     async def _do_send(self, name: str, message: str, timeout_s: float) -> None: ...

@@ -39,6 +39,7 @@ from ._protocol import (
     REQUEST,
     SEND,
     START,
+    STATS,
     STOP,
     check_frame,
     check_name,
@@ -157,10 +158,12 @@ class Inbound:
         zone: ZoneView,
         *,
         start_shipped: Callable[[str, bytes], None],
+        stats: Callable[[], dict[str, Any]],
         stop_grace_s: float,
     ) -> None:
         self._workers = workers
         self._start_shipped = start_shipped
+        self._stats = stats
         self._stop_grace_s = stop_grace_s
         self.running = True
         """False once the node stops: requests are then refused with NodeClosedError."""
@@ -175,6 +178,11 @@ class Inbound:
         self._bad_frames: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+
+    @property
+    def dialers(self) -> int:
+        """Nodes that dialed this one and said hello."""
+        return len(self._dialers)
 
     def dialer_name(self, ident: bytes) -> str:
         known = self._dialers.get(ident)
@@ -234,6 +242,8 @@ class Inbound:
                 self.answer(ident, encode_result(frame[2], self._workers.describe()))
             elif kind == PING:
                 self.answer(ident, encode_result(frame[2], None))
+            elif kind == STATS:
+                self.answer(ident, encode_result(frame[2], self._stats()))
             elif kind == MEMBERS:
                 self.answer(ident, encode_result(frame[2], self._zone.member_list()))
             elif kind == GOSSIP:

@@ -502,7 +502,7 @@ class ZoneAgent:
     async def _pull(self, link: Link) -> None:
         """Merge ``link``'s node's whole view into ours (a join, or anti-entropy)."""
         try:
-            view = await link.call(MEMBERS, timeout_s=5.0)
+            view = await link.call(MEMBERS, timeout_s=5.0, quiet=True)
         except AutonomyError as exc:
             log.debug("no membership from %s: %s", link.label, exc)
             return

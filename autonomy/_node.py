@@ -264,6 +264,7 @@ class Node(NodeInterface):
             self._workers,
             agent,
             start_shipped=self._start_shipped,
+            stats=self._stats,
             stop_grace_s=STOP_GRACE_S,
         )
         self._state = NodeState.RUNNING
@@ -448,6 +449,47 @@ class Node(NodeInterface):
     async def _do_list_workers(self) -> list[dict[str, Any]]:
         self._check_running()
         return self._workers.describe()
+
+    async def _do_stats(self) -> dict[str, Any]:
+        self._check_running()
+        return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
+        transport, links, inbound, agent = self._transport, self._links, self._inbound, self._agent
+        assert transport is not None
+        assert links is not None
+        assert inbound is not None
+        assert agent is not None
+        peers: dict[str, Any] = {}
+        for link in links:
+            traffic = link.dealer.traffic if link.dealer is not None else None
+            peers[link.name or link.endpoint] = {
+                "endpoint": link.endpoint,
+                "state": link.state.value,
+                "in_flight": len(link.pending),
+                "messages_sent": traffic.messages_sent if traffic else 0,
+                "messages_received": traffic.messages_received if traffic else 0,
+                "reconnects": max(0, link.dealer.reconnects - 1) if link.dealer else 0,
+            }
+        return {
+            "node": self._name,
+            "zone": self.zone,
+            "endpoint": self.endpoint,
+            "instance": self.instance,
+            "members": len(agent.members.members()),
+            **transport.totals(),
+            "connections": {"dialed": len(links), "accepted": inbound.dialers},
+            "workers": {
+                m.name: {
+                    "handled": m.handled,
+                    "failed": m.failed,
+                    "queued": m.queued,
+                    "expired": m.expired,
+                }
+                for m in self._workers.mailboxes()
+            },
+            "peers": peers,
+        }
 
     def _mailbox(self, name: str) -> Mailbox:
         if self._state is not NodeState.RUNNING:

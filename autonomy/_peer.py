@@ -114,6 +114,7 @@ class Link:
         "instance",
         "name",
         "pending",
+        "quiet",
         "reason",
         "since",
         "slot_waiters",
@@ -137,6 +138,9 @@ class Link:
         'connection lost')."""
         self.since = since
         self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.quiet = 0
+        """Calls in flight that are the node's own business (hellos, membership pulls): their
+        failing is not worth a warning."""
         self.credit: dict[str, int] = {}
         """One-way messages in flight per remote worker; no entry until the first is confirmed."""
         self.credit_waiters: dict[str, deque[asyncio.Future[None]]] = {}
@@ -165,13 +169,27 @@ class Link:
 
     # -- calls: a frame that expects an answer ---------------------------------------------
 
-    async def call(self, kind: int, *fields: Any, worker: str = "", timeout_s: float = 0.0) -> Any:
+    async def call(
+        self,
+        kind: int,
+        *fields: Any,
+        worker: str = "",
+        timeout_s: float = 0.0,
+        quiet: bool = False,
+    ) -> Any:
         """Send ``[kind, rid, *fields]`` and await its answer (a RESULT or an ERROR).
 
-        ``timeout_s`` 0 means the node's control timeout.
+        ``timeout_s`` 0 means the node's control timeout; ``quiet`` marks the node's own
+        calls (see `Link.quiet`).
         """
         rid = self.next_rid()
-        return await self._call(rid, encode(kind, rid, *fields), worker, timeout_s)
+        if not quiet:
+            return await self._call(rid, encode(kind, rid, *fields), worker, timeout_s)
+        self.quiet += 1
+        try:
+            return await self._call(rid, encode(kind, rid, *fields), worker, timeout_s)
+        finally:
+            self.quiet -= 1
 
     def request(self, worker: str, message: str, timeout_s: float) -> Awaitable[str]:
         """A worker's ``send_and_receive``: its REPLY, or the error it failed with."""
@@ -367,10 +385,9 @@ class Link:
         if self.state is not state:
             # Loud only when it fails somebody; a connection that drops with nothing in
             # flight (a node stopping before our hello reached it) is news, not trouble.
-            busy = (
-                self.pending
-                or _any_waiting(self.up_waiters)
-                or any(_any_waiting(waiters) for waiters in self.credit_waiters.values())
+            waiting = sum(not w.done() for w in (*self.up_waiters, *self.slot_waiters))
+            busy = len(self.pending) + waiting > self.quiet or any(
+                _any_waiting(waiters) for waiters in self.credit_waiters.values()
             )
             log.log(
                 logging.WARNING if busy or state is LinkState.REFUSED else logging.INFO,
@@ -446,10 +463,13 @@ class Links:
         """
         link = self.get(endpoint)
         rid = link.next_rid()
+        link.quiet += 1
         try:
             info = await link._call(rid, self.identity.hello(rid), "", timeout_s)
         except ReplyTimeoutError as exc:
             raise PeerUnavailableError(endpoint, "no answer to hello") from exc
+        finally:
+            link.quiet -= 1
         if (
             not isinstance(info, list)
             or len(info) != 4

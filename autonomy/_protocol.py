@@ -26,6 +26,7 @@ PING       rid                                                     RESULT None
 MEMBERS    rid                                                     RESULT [update...]
 GOSSIP     updates: [[name, endpoint, instance, incarnation,       -
            status], ...] (``_gossip``)
+STATS      rid                                                     RESULT {...}
 =========  =====================================================  ===================
 
 Failures travel as ERROR frames ``(code, message, fields)``; :func:`error_from_wire` maps a
@@ -86,6 +87,7 @@ BYE: Final = 11
 PING: Final = 12
 MEMBERS: Final = 13
 GOSSIP: Final = 14
+STATS: Final = 15
 
 KIND_NAMES: Final = {
     HELLO: "HELLO",
@@ -102,6 +104,7 @@ KIND_NAMES: Final = {
     PING: "PING",
     MEMBERS: "MEMBERS",
     GOSSIP: "GOSSIP",
+    STATS: "STATS",
 }
 
 _ANY = object  # a field of any msgpack type (checked by the layer that uses it)
@@ -122,6 +125,7 @@ _SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     PING: (int,),
     MEMBERS: (int,),
     GOSSIP: (list,),
+    STATS: (int,),
 }
 
 
@@ -292,7 +296,7 @@ def request_id_in(frame: Any) -> int | None:
     if type(frame) is not list or len(frame) < 3:
         return None
     position = 4 if frame[1] == SEND else 2
-    answerable = (HELLO, SEND, REQUEST, START, STOP, LIST, PING, MEMBERS)
+    answerable = (HELLO, SEND, REQUEST, START, STOP, LIST, PING, MEMBERS, STATS)
     if frame[1] in answerable and len(frame) > position:
         rid = frame[position]
         if type(rid) is int and rid > 0:

@@ -15,7 +15,7 @@ from typing import Any, final
 from ._base import NodeInterface, timeout_seconds
 from ._errors import MessageTooLargeError, PeerUnavailableError, ProtocolError
 from ._peer import Link
-from ._protocol import ENVELOPE_OVERHEAD, LIST, PING, START, STOP
+from ._protocol import ENVELOPE_OVERHEAD, LIST, PING, START, STATS, STOP
 from ._shipping import dumps_worker, node_reference
 from ._worker import Worker
 
@@ -106,6 +106,12 @@ class RemoteNode(NodeInterface):
             isinstance(item, dict) and isinstance(item.get("name"), str) for item in value
         ):
             raise ProtocolError(f"node {self.name!r} answered LIST with {value!r}")
+        return value
+
+    async def _do_stats(self) -> dict[str, Any]:
+        value = await self._link().call(STATS)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"node {self.name!r} answered STATS with {value!r}")
         return value
 
     async def _do_send(self, name: str, message: str, timeout_s: float) -> None:

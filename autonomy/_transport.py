@@ -426,7 +426,9 @@ class Transport:
         driven = self._router_monitor
         assert driven is not None
         while driven.readable():
-            parse_monitor_message(driven.sock.recv_multipart(zmq.NOBLOCK))
+            event = parse_monitor_message(driven.sock.recv_multipart(zmq.NOBLOCK))
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                continue  # closed mid-handshake: a node that stops (ZAP logs strangers)
             self._failed_handshakes += 1
             count = self._failed_handshakes
             if count == 1 or count % 1000 == 0:

@@ -269,3 +269,21 @@ async def test_a_cancelled_request_leaves_no_pending_state(target: Target, node:
 async def test_every_error_is_an_autonomy_error(target: Target) -> None:
     with pytest.raises(AutonomyError):
         await target.send_and_receive("nobody", "x", timeout=5000)
+
+
+async def test_stats_count_a_workers_messages_and_the_nodes_traffic(target: Target) -> None:
+    await bounded(target.start_worker("counter", Counter()))
+    before = await bounded(target.stats())
+    for _ in range(5):
+        await target.send_and_receive("counter", "increment", timeout=5000)
+    with pytest.raises(WorkerError):
+        await target.send_and_receive("counter", "boom", timeout=5000)
+    stats = await bounded(target.stats())
+    assert stats["node"] == target.name
+    assert stats["workers"]["counter"] == {"handled": 6, "failed": 1, "queued": 0, "expired": 0}
+    assert isinstance(stats["members"], int)
+    assert set(stats["connections"]) == {"dialed", "accepted"}
+    if isinstance(target, RemoteNode):
+        # The runner received at least our 6 requests and the two STATS, and answered them.
+        assert stats["messages_received"] - before["messages_received"] >= 7
+        assert stats["messages_sent"] - before["messages_sent"] >= 7

@@ -52,6 +52,7 @@ from autonomy._protocol import (
     RESULT,
     SEND,
     START,
+    STATS,
     STOP,
     VERSION,
     check_message,
@@ -101,6 +102,7 @@ SAMPLE_FRAMES: dict[str, tuple[Any, ...]] = {
     "PING": (PING, 10),
     "MEMBERS": (MEMBERS, 11),
     "GOSSIP": (GOSSIP, [["node-b", "tcp://127.0.0.1:5556", "0123abcd", 3, 1]]),
+    "STATS": (STATS, 12),
     "largest ids": (REQUEST, U64, "w", "m", U64),
     "non-ASCII text": (REQUEST, 1, "wörker-😀", "héllo ✓ 😀", 5),
 }
