@@ -50,6 +50,9 @@ TOMBSTONE_S: Final = 60.0
 
 _INSTANCE: Final = re.compile(r"[0-9a-f]{8,32}")
 
+FINAL: Final = 2**62 - 1
+"""The incarnation of a run that a newer run replaced: higher than any it could refute with."""
+
 
 class Status(enum.IntEnum):
     """What a node believes of a member (its value travels on the wire)."""
@@ -226,7 +229,8 @@ class Book:
         # The run that started first keeps the name, unless it is known to be gone.
         if instance > record.instance and self._admit is not None and not self._admit(record, new):
             return None
-        self._remember_end(record.update(Status.LEFT))
+        # Replaced by a newer run: the old one is over for good (no incarnation revives it).
+        self._remember_end((name, record.endpoint, record.instance, FINAL, int(Status.LEFT)))
         self.records[name] = new
         self.spread(new.update())
         return Change.JOINED, new

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
-from ._gossip import Book, Change, Record, Status, Update, parse_updates
+from ._gossip import MAX_UPDATES, Book, Change, Record, Status, Update, parse_updates
 from ._peer import PEER_UNREACHABLE_S, Identity, Link, Links, LinkState
 from ._protocol import GOSSIP, MEMBERS, VERSION, encode
 
@@ -60,6 +60,11 @@ SEED_RETRY_S: Final = 1.0
 IDLE_LINK_S: Final = 30.0
 """A connection unused this long (no call, nothing in flight, not watched) is closed; the
 next call opens it again."""
+
+RECONNECT_INTERVAL_S: Final = 10.0
+RECONNECT_WINDOW_S: Final = 600.0
+"""Every 10 s a node tries one member declared dead in the last 10 minutes: one that answers
+was cut off, not dead (a partition that healed)."""
 
 MAINTENANCE_S: Final = 1.0
 
@@ -138,6 +143,8 @@ class ZoneAgent:
         """Runs refused as a second node of a member's name (logged once each)."""
         self._name_checks: dict[str, asyncio.Task[None]] = {}
         self._watched: set[str] = set()
+        self._dead: dict[str, tuple[str, str, float]] = {}
+        """Members declared dead lately: name -> (endpoint, instance, until when to retry)."""
         self._news = asyncio.Event()
         self.started_at = time.monotonic()
         """When this node joined (monotonic clock): `Zone.nodes` lets discovery settle."""
@@ -271,6 +278,12 @@ class ZoneAgent:
             reason = "it left" if record.status is Status.LEFT else "it stopped answering"
             if self.members.remove(record.name, reason, instance=record.instance):
                 self._links.forget(record.endpoint, "left the zone")
+            if record.status is Status.DEAD:
+                self._dead[record.name] = (
+                    record.endpoint,
+                    record.instance,
+                    time.monotonic() + RECONNECT_WINDOW_S,
+                )
             self.candidates.remove(record.name, reason, instance=record.instance)
             self._rewatch()
         elif change is Change.SAME_NAME:
@@ -371,7 +384,7 @@ class ZoneAgent:
             self._act(*outcome, "verified")
             self._news.set()
         if first:
-            await self._pull(link)  # a new node learns the whole zone from its first member
+            await self._exchange(link)  # a new node learns the whole zone from its first member
 
     def heard_of(self, name: str, endpoint: str, instance: str, source: str) -> None:
         """A node told us of itself (a hello): a candidate."""
@@ -499,8 +512,14 @@ class ZoneAgent:
                     self._links.get(record.endpoint, record.name).post(frame)
             await asyncio.sleep(GOSSIP_INTERVAL_S)
 
-    async def _pull(self, link: Link) -> None:
-        """Merge ``link``'s node's whole view into ours (a join, or anti-entropy)."""
+    async def _exchange(self, link: Link) -> None:
+        """A full state exchange with ``link``'s node: push our whole view, then pull its
+        (in that order, on one connection, so that what we pushed is in what we pull). Two
+        sides of a healed partition, each declared dead by the other, both refute that
+        way, and learn each other again."""
+        snapshot = [list(update) for update in self.book.snapshot()]
+        for start in range(0, len(snapshot), 4 * MAX_UPDATES):
+            link.post(encode(GOSSIP, snapshot[start : start + 4 * MAX_UPDATES]))
         try:
             view = await link.call(MEMBERS, timeout_s=5.0, quiet=True)
         except AutonomyError as exc:
@@ -514,6 +533,7 @@ class ZoneAgent:
         next_sync = loop.time() + SYNC_INTERVAL_S * random.uniform(0.5, 1.0)
         next_seeds = loop.time()
         next_idle = loop.time() + IDLE_LINK_S / 2
+        next_reconnect = loop.time() + RECONNECT_INTERVAL_S
         while True:
             now = loop.time()
             if self._seeds and now >= next_seeds:
@@ -521,12 +541,38 @@ class ZoneAgent:
                 next_seeds = now + (SEED_RETRY_S if not len(self.book) else SYNC_INTERVAL_S)
             if now >= next_sync:
                 for record in self._pick(1):
-                    await self._pull(self._links.get(record.endpoint, record.name))
+                    await self._exchange(self._links.get(record.endpoint, record.name))
                 next_sync = now + SYNC_INTERVAL_S * random.uniform(0.8, 1.2)
+            if now >= next_reconnect:
+                await self._reconnect()
+                next_reconnect = now + RECONNECT_INTERVAL_S
             if now >= next_idle:
                 self._links.retire_idle()
                 next_idle = now + IDLE_LINK_S / 2
             await asyncio.sleep(MAINTENANCE_S)
+
+    async def _reconnect(self) -> None:
+        """Try one member declared dead lately: if it answers, it was cut off, not dead
+        (a partition that healed), and an exchange brings both sides together again."""
+        now = time.monotonic()
+        self._dead = {k: v for k, v in self._dead.items() if v[2] > now}
+        if not self._dead:
+            return
+        name = random.choice(list(self._dead))
+        endpoint, instance, _ = self._dead[name]
+        try:
+            link = await self._links.connect(endpoint, PEER_UNREACHABLE_S)
+        except AutonomyError:
+            return
+        if link.name != name:
+            return
+        log.info("node %s answers again at %s: exchanging views", name, endpoint)
+        del self._dead[name]
+        if link.instance != instance:  # restarted there: a new run, verified by the hello
+            outcome = self.book.add(name, endpoint, link.instance)
+            if outcome is not None:
+                self._act(*outcome, "reconnect")
+        await self._exchange(link)
 
     async def _ask_seed(self, endpoint: str) -> None:
         try:
@@ -538,7 +584,7 @@ class ZoneAgent:
             outcome = self.book.add(link.name, endpoint, link.instance)
             if outcome is not None:
                 self._act(*outcome, "seed")
-        await self._pull(link)
+        await self._exchange(link)
 
     # -- what other nodes ask of this one -----------------------------------------------------
 

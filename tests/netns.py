@@ -67,6 +67,17 @@ class Host:
         """The command line that runs `argv` inside this namespace."""
         return ["ip", "netns", "exec", self.name, *argv]
 
+    async def set_link(self, state: str) -> None:
+        """Take this host's interface ``"down"`` (a silent partition: its packets vanish,
+        nobody is told) or ``"up"`` again."""
+        command = self.command("ip", "link", "set", self.interface, state)
+        await _off_loop(
+            functools.partial(
+                subprocess.run, command, check=True, capture_output=True, timeout=_COMMAND_TIMEOUT_S
+            ),
+            f"{self.name}-link-{state}",
+        )
+
 
 def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -74,6 +74,7 @@ async def main():
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    calls = []
     async with Node() as node:
         began = time.monotonic()
         found = await Zone.nodes(node, filter="runner", count=2, timeout=20_000)
@@ -89,6 +90,21 @@ async def main():
             replies=await ask_all(found, "hello 3"),
         )
         while command := (await stdin.readline()).decode().split():
+            if command[0] == "call":  # a long request to a runner, in the background
+                target = next(each for each in found if each.name == command[1])
+                async def call(target=target):
+                    try:
+                        await target.send_and_receive("where", "x 9", timeout=120_000)
+                        say(event="answered")
+                    except Exception as exc:
+                        say(event="failed", error=type(exc).__name__, t=time.monotonic())
+                calls.append(asyncio.ensure_future(call()))
+                say(event="calling")
+            if command[0] == "join":  # report when the named node is a member again
+                name = command[1]
+                members = node.membership.members
+                back = await members.wait_for(lambda ms: any(m.name == name for m in ms), 60.0)
+                say(event="joined" if back else "absent", name=name, t=time.monotonic())
             if command[0] == "watch":  # report when the named node leaves the zone
                 name = command[1]
                 members = node.membership.members
@@ -267,3 +283,42 @@ async def test_a_runner_killed_in_its_namespace_leaves_the_mains_zone_within_the
         assert left["event"] == "left"
         assert left["nodes"] == ["runner-2"]
         assert left["replies"]["runner-2"]["pid"] == state.runners[1].pid
+
+
+async def test_a_runner_cut_off_silently_leaves_the_zone_within_the_bound_and_rejoins(
+    tmp_path: Path,
+) -> None:
+    from autonomy._membership import SUSPECT_TIMEOUT_S
+    from autonomy._transport import SILENT_LINK_S
+
+    async with mesh(tmp_path) as state:
+        hosts = state.hosts
+        main = await state.main({})
+        await asyncio.gather(
+            *(state.runner(hosts[i], f"runner-{i}", hosts[i].address, {}) for i in (1, 2))
+        )
+        check_found(await main.read_json(40), state)
+        # A request in flight to runner-1 (its worker waits for a 9th member that never
+        # comes), then runner-1's network goes silent: no FIN, no RST, nothing.
+        await main.send("call runner-1")
+        assert (await main.read_json(10))["event"] == "calling"
+        await main.send("watch runner-1")
+        assert (await main.read_json(10))["event"] == "watching"
+        cut_at = time.monotonic()
+        await hosts[1].set_link("down")
+        bound = SILENT_LINK_S + SUSPECT_TIMEOUT_S
+        events = [await main.read_json(bound + 15), await main.read_json(bound + 15)]
+        by_kind = {event["event"]: event for event in events}
+        # The caller learns of it by type, not by its 120 s timeout...
+        assert by_kind["failed"]["error"] == "PeerUnavailableError"
+        # ...and the zone drops the silent member.
+        assert by_kind["left"]["nodes"] == ["runner-2"]
+        print(
+            f"a silent runner: the call failed {by_kind['failed']['t'] - cut_at:.2f} s and "
+            f"it left the zone {by_kind['left']['t'] - cut_at:.2f} s after the cut"
+        )
+        # The network comes back: the runner answers again, and is a member again.
+        await hosts[1].set_link("up")
+        await main.send("join runner-1")
+        joined = await main.read_json(75)
+        assert joined["event"] == "joined", joined

@@ -1,0 +1,112 @@
+"""A zone's membership with real nodes: joins through one seed, gossip, quiet when idle, few
+connections per node whatever the zone's size, leaves seen by all.
+
+Nodes of one process, discovery off (seeds only), CURVE on: the membership is the same
+whether its members share a process or not (the processes' cases are in test_zone and
+test_zone_netns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+import autonomy._membership as membership_module
+from autonomy import Node, Zone
+from autonomy._membership import WATCHED
+
+from .conftest import bounded, eventually, unique
+
+SIZE = 8
+
+
+@pytest.fixture
+async def zone_of_eight(zone: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[Node]]:
+    """Eight nodes, each seeded with the first; connections idle for 1 s close."""
+    monkeypatch.setattr(membership_module, "IDLE_LINK_S", 1.0)
+    nodes: list[Node] = []
+    try:
+        first = Node(name="node-0", zone=zone, bind="127.0.0.1", discovery=False)
+        await first.__aenter__()
+        nodes.append(first)
+        seed = first.endpoint.removeprefix("tcp://")
+        for i in range(1, SIZE):
+            node = Node(name=f"node-{i}", zone=zone, bind="127.0.0.1", discovery=False, peers=seed)
+            await node.__aenter__()
+            nodes.append(node)
+        for node in nodes:
+            await bounded(Zone.nodes(node, count=SIZE, timeout=20_000), 25)
+        yield nodes
+    finally:
+        for node in reversed(nodes):
+            await node.stop()
+
+
+def settled(nodes: list[Node]) -> bool:
+    return all(not node.membership.book.has_news() for node in nodes)
+
+
+async def test_every_node_of_a_seeded_zone_knows_every_other(zone_of_eight: list[Node]) -> None:
+    for node in zone_of_eight:
+        names = [peer.name for peer in node.peers()]
+        assert names == sorted(f"node-{i}" for i in range(SIZE) if f"node-{i}" != node.name)
+
+
+async def test_an_idle_zone_exchanges_no_message_and_keeps_few_connections(
+    zone_of_eight: list[Node],
+) -> None:
+    nodes = zone_of_eight
+    await eventually(lambda: settled(nodes), 10, "the news to have been passed on")
+    # Connections opened to join, to verify and to gossip close once idle: each node
+    # keeps those to its ring successors (and the few that others keep to it).
+    await eventually(
+        lambda: all(len(node._links) <= WATCHED for node in nodes), 10, "idle links to close"
+    )
+    before = [await node.stats() for node in nodes]
+    # NOTE: the only traffic of a settled zone is one full exchange per node every ~30 s
+    # (SYNC_INTERVAL_S, first after 15 s at the earliest): 2 s of it must be silent.
+    await asyncio.sleep(2.0)  # idleness over time is the behaviour under test
+    after = [await node.stats() for node in nodes]
+    for start, end in zip(before, after, strict=True):
+        assert end["messages_sent"] == start["messages_sent"], end["node"]
+        assert end["messages_received"] == start["messages_received"], end["node"]
+        assert end["connections"]["dialed"] <= WATCHED
+
+
+async def test_a_node_that_leaves_is_gone_from_every_view_even_without_a_connection_to_it(
+    zone_of_eight: list[Node],
+) -> None:
+    nodes = zone_of_eight
+    await eventually(lambda: settled(nodes), 10, "the news to have been passed on")
+    await eventually(
+        lambda: all(len(node._links) <= WATCHED for node in nodes), 10, "idle links to close"
+    )
+    leaving = nodes[3]
+    connected = {node.name for node in nodes if node._links.find(leaving.endpoint) is not None}
+    await leaving.stop()
+    rest = [node for node in nodes if node is not leaving]
+    # Most nodes hold no connection to it: they hear of it by gossip.
+    assert len(connected) < len(rest)
+    await eventually(
+        lambda: all(node.membership.members.get(leaving.name) is None for node in rest),
+        5,
+        "every node to see the leave",
+    )
+
+
+async def test_a_new_node_joining_through_any_member_is_learnt_by_all(
+    zone_of_eight: list[Node], zone: str
+) -> None:
+    nodes = zone_of_eight
+    seed = nodes[5].endpoint.removeprefix("tcp://")
+    async with Node(
+        name=unique("late"), zone=zone, bind="127.0.0.1", discovery=False, peers=seed
+    ) as late:
+        await eventually(
+            lambda: all(node.membership.members.get(late.name) for node in nodes),
+            10,
+            "every node to learn of the late joiner",
+        )
+        assert len(await bounded(Zone.nodes(late, count=SIZE + 1, timeout=10_000))) == SIZE + 1
