@@ -7,19 +7,19 @@ and holds the code to it.
 
     1  _errors
     2  _config  _protocol  _deadlines  _shipping  _tools  _gossip
-    3  _secret  _outbox  _discovery  _worker
+    3  _secret  _outbox  _discovery  _worker  _sockets
     4  _transport
     5  _mailbox  _peer  _base
-    6  _inbound  _membership  _remote  _model
-    7  _node  _agent
-    8  _zone
-    9  __init__
+    6  _inbound  _neighbours  _remote  _model
+    7  _membership  _agent
+    8  _node
+    9  _zone
+   10  __init__
 
-``_transport`` is the only module that imports zmq, ``_discovery`` the only one that imports
-zeroconf. ``cli/`` sits on top and uses the public names below, and ``_config`` for the names
-of the settings it passes to the nodes it starts.
-
-    _model, _tools  <-  _agent  (on the public node API only)  <-  this module
+``_transport`` and ``_sockets`` are the only modules that import zmq, ``_discovery`` the only
+one that imports zeroconf. ``cli/`` sits on top and uses the public names below, and
+``_config`` for the names of the settings it passes to the nodes it starts. ``_agent``
+(with ``_model`` and ``_tools``) builds on the public node API only.
 
 Only the names below are public; everything under an underscore may change.
 """

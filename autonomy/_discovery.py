@@ -26,11 +26,12 @@ from zeroconf import Error as ZeroconfError
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from ._errors import DiscoveryError, InternalError
+from ._errors import ConfigError, DiscoveryError, InternalError
 from ._protocol import VERSION as PROTOCOL_VERSION
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "interfaces_for",
     "SERVICE_TYPE",
     "Discovery",
     "Member",
@@ -89,9 +90,16 @@ class Membership:
     """
 
     def __init__(
-        self, zone: str, self_name: str, admit: Callable[[Member], bool] | None = None
+        self,
+        zone: str,
+        self_name: str,
+        admit: Callable[[Member], bool] | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
-        """``admit(member)``, if given, may refuse a new or changed record (it stays out)."""
+        """``admit(member)``, if given, may refuse a new or changed record (it stays out);
+        a ``quiet`` table logs its changes at DEBUG (a table of candidates, not members)."""
+        self._level = logging.DEBUG if quiet else logging.INFO
         self._zone = zone
         self._self_name = self_name
         self._admit = admit
@@ -145,7 +153,8 @@ class Membership:
             )
             self._drop(old, reason)
         self._members[member.name] = member
-        log.info(
+        log.log(
+            self._level,
             "node %s joined zone %s at %s (via %s)",
             member.name,
             member.zone,
@@ -238,7 +247,7 @@ class Membership:
 
     def _drop(self, member: Member, reason: str) -> None:
         del self._members[member.name]
-        log.info("node %s left zone %s: %s", member.name, member.zone, reason)
+        log.log(self._level, "node %s left zone %s: %s", member.name, member.zone, reason)
         self._changed()
         for _, on_leave in list(self._subscribers):
             try:
@@ -518,6 +527,30 @@ def _check_interfaces(interfaces: list[str]) -> None:
         family = socket.AF_INET6 if ipaddress.ip_address(interface).version == 6 else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((interface, 0))
+
+
+def interfaces_for(endpoint: str) -> list[str]:
+    """mDNS runs on the interface the node is bound to, so that it reaches exactly the
+    machines that can dial the node: loopback by default, a LAN address when bound to one.
+
+    Raises:
+        ConfigError: the node is bound to a host name or a wildcard address.
+    """
+    host = endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"discovery needs the node bound to an IP address, not {host!r}", key="bind"
+        ) from None
+    if address.is_unspecified:
+        raise ConfigError(
+            "discovery cannot advertise a wildcard address: bind the LAN address other "
+            "machines reach (AUTONOMY_BIND=192.168.1.20), or turn discovery off and use "
+            "AUTONOMY_PEERS",
+            key="bind",
+        )
+    return [str(address)]
 
 
 def _member_from_properties(properties: dict[str, str | None]) -> Member | None:

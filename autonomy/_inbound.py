@@ -75,6 +75,8 @@ class ZoneView(Protocol):
 
     def gossip(self, payload: object) -> None: ...
 
+    def check(self, name: str) -> None: ...
+
 
 class DialerReply:
     """The reply route of one remote request: a `ReplyChannel` answered through the ROUTER.
@@ -178,11 +180,24 @@ class Inbound:
         self._bad_frames: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        transport.on_unroutable = self._gone
 
     @property
     def dialers(self) -> int:
         """Nodes that dialed this one and said hello."""
         return len(self._dialers)
+
+    def channels(self) -> list[tuple[str, bytes]]:
+        """``(name, routing id)`` of the nodes connected to this one that said hello: frames
+        can go back to them over their own connections (see `answer`)."""
+        return [(name, ident) for ident, (name, _) in self._dialers.items()]
+
+    def _gone(self, ident: bytes) -> None:
+        """A dialer's connection is gone: no more frames go back to it that way, and the
+        zone checks whether the node is."""
+        known = self._dialers.pop(ident, None)
+        if known is not None:
+            self._zone.check(known[0])
 
     def dialer_name(self, ident: bytes) -> str:
         known = self._dialers.get(ident)

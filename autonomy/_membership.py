@@ -1,11 +1,12 @@
 """One node's view of its zone: who is a member, learnt by discovery, seeds and gossip, and
 kept by a failure detector whose cost per node does not grow with the zone.
 
-- **Joining.** *Candidates* are nodes heard of over mDNS (``_discovery``), from seed peers
-  (``AUTONOMY_PEERS``) or from a node that dialed us. This node verifies a candidate itself
-  (a hello answered from the same zone, over a connection only holders of the zone's secret
-  can open) before it calls it a member, then pulls the member's whole view once. Members
-  vouched for by members arrive by gossip, unverified: only the zone's members can gossip.
+- **Joining.** *Candidates* are nodes heard of over mDNS (``_discovery``) or from seed
+  peers (``AUTONOMY_PEERS``). This node verifies a candidate itself (a hello answered from
+  the same zone, over a connection only holders of the zone's secret can open) before it
+  calls it a member, then exchanges whole views with it once. A node that says hello to us
+  is a member at once (the connection proved it holds the secret), and members vouched for
+  by members arrive by gossip: only the zone's members can gossip.
 - **Gossip** (``_gossip``: SWIM's rules). News (joined, suspected, dead, left) is pushed to
   a few random members every ``GOSSIP_INTERVAL_S`` while there is any, each piece a bounded
   number of times; an idle zone exchanges nothing but one full pull every
@@ -23,26 +24,22 @@ Sits below `Node`: it knows the node only as its `Identity` and its `Links`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from ._discovery import Discovery, Member, Membership
+from ._discovery import Discovery, Member, Membership, interfaces_for
 from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
 from ._gossip import MAX_UPDATES, Book, Change, Record, Status, Update, parse_updates
+from ._neighbours import Neighbours, Outlets
 from ._peer import PEER_UNREACHABLE_S, Identity, Link, Links, LinkState
 from ._protocol import GOSSIP, MEMBERS, VERSION, encode
 
 __all__ = ["GOSSIP_INTERVAL_S", "SUSPECT_TIMEOUT_S", "MemberLink", "ZoneAgent"]
 
 log = logging.getLogger("autonomy.discovery")
-
-WATCHED: Final = 3
-"""Members each node keeps a connection to (its successors on the ring), to notice deaths."""
 
 GOSSIP_INTERVAL_S: Final = 0.2
 GOSSIP_FANOUT: Final = 3
@@ -73,38 +70,10 @@ DISCOVERY_RETRY_MAX_S: Final = 30.0
 """mDNS that failed to start is started again after 1 s, then 2, 4... at most every 30 s."""
 
 VERIFY_AT_ONCE: Final = 3
-VERIFY_JITTER_S: Final = (0.2, 2.0)
+VERIFY_JITTER_S: Final = (1.0, 5.0)
 """The first few candidates are verified at once; later ones after a random delay, and not
 at all if gossip made them members meanwhile (at a cold start of N nodes, everyone hears
 everyone over mDNS: N x N hellos otherwise)."""
-
-
-def interfaces_for(endpoint: str) -> list[str]:
-    """mDNS runs on the interface the node is bound to, so that it reaches exactly the
-    machines that can dial the node: loopback by default, a LAN address when bound to one.
-
-    Raises:
-        ConfigError: the node is bound to a host name or a wildcard address.
-    """
-    host = endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(
-            f"discovery needs the node bound to an IP address, not {host!r}", key="bind"
-        ) from None
-    if address.is_unspecified:
-        raise ConfigError(
-            "discovery cannot advertise a wildcard address: bind the LAN address other "
-            "machines reach (AUTONOMY_BIND=192.168.1.20), or turn discovery off and use "
-            "AUTONOMY_PEERS",
-            key="bind",
-        )
-    return [str(address)]
-
-
-def _ring_key(name: str) -> bytes:
-    return hashlib.blake2b(name.encode(), digest_size=8).digest()
 
 
 class ZoneAgent:
@@ -127,7 +96,7 @@ class ZoneAgent:
         self._on_conflict = on_conflict
         self.book = Book(identity.name, identity.endpoint, identity.instance, self._admits_run)
         """What this node believes of every member (the gossip state)."""
-        self.candidates = Membership(identity.zone, identity.name, admit=self._admits)
+        self.candidates = Membership(identity.zone, identity.name, admit=self._admits, quiet=True)
         """Nodes heard of, not yet (or no longer) verified."""
         self.members = Membership(identity.zone, identity.name)
         """The zone's members as this node sees them (alive or suspected)."""
@@ -142,15 +111,23 @@ class ZoneAgent:
         self._duplicates: set[str] = set()
         """Runs refused as a second node of a member's name (logged once each)."""
         self._name_checks: dict[str, asyncio.Task[None]] = {}
-        self._watched: set[str] = set()
         self._dead: dict[str, tuple[str, str, float]] = {}
         """Members declared dead lately: name -> (endpoint, instance, until when to retry)."""
         self._news = asyncio.Event()
         self.started_at = time.monotonic()
         """When this node joined (monotonic clock): `Zone.nodes` lets discovery settle."""
+        self.neighbours = Neighbours(
+            identity.name, self.book, links, self._spawn, self._unreachable
+        )
+        """The connections this node keeps, and the ones gossip goes over."""
         self.candidates.subscribe(self._on_candidate, self._on_candidate_left)
         self.members.subscribe(self._on_member_joined, self._on_member_left)
         links.on_change = self.link_changed
+        links.on_gossip = self.gossip
+
+    def attach(self, outlets: Outlets) -> None:
+        """Gossip may also go back over the connections other nodes opened to this one."""
+        self.neighbours.outlets = outlets
 
     def _new_discovery(self) -> Discovery:
         me = self._me
@@ -207,13 +184,15 @@ class ZoneAgent:
             discovery = self._discovery = self._new_discovery()
 
     async def stop(self) -> None:
-        """Withdraw from mDNS (a goodbye others see within milliseconds) and stop every
-        task. The goodbye to the members is `farewell`, once the node's workers stopped."""
+        """Leave: tell the members (no new work comes; what is in hand still gets its
+        answer), withdraw from mDNS, and stop every task."""
+        self.farewell()
         self._stopping = True
         self._links.on_change = None
         for handle in self._suspicions.values():
             handle.cancel()
         self._suspicions.clear()
+        self.neighbours.stop()
         # Discovery first, and never by cancelling its start: a stop during start closes
         # zeroconf's sockets properly and makes start() return.
         if self._discovery is not None:
@@ -225,16 +204,11 @@ class ZoneAgent:
             await asyncio.wait(tasks)
 
     def farewell(self) -> None:
-        """This node leaves: tell the members it is connected to, and a few others (gossip
+        """This node leaves: tell every member it is connected to, either way (gossip
         spreads it from there)."""
         farewell = encode(GOSSIP, [list(self.book.leave())])
-        told = 0
-        for link in self._links:
-            if link.is_up() and link.post(farewell):
-                told += 1
-        if told < GOSSIP_FANOUT:
-            for record in self._pick(GOSSIP_FANOUT - told):
-                self._links.get(record.endpoint, record.name).post(farewell)
+        for send in self.neighbours.channels().values():
+            send(farewell)
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -264,7 +238,7 @@ class ZoneAgent:
             self.members.add(member, source)
             if record.status is Status.SUSPECT:
                 self._start_suspicion(record)
-            self._rewatch()
+            self.neighbours.rechoose_soon()
         elif change is Change.SUSPECTED:
             self._start_suspicion(record)
             link = self._links.find(record.endpoint)
@@ -276,7 +250,12 @@ class ZoneAgent:
         elif change is Change.LEFT:
             self._cancel_suspicion(record.name)
             reason = "it left" if record.status is Status.LEFT else "it stopped answering"
-            if self.members.remove(record.name, reason, instance=record.instance):
+            # A node that leaves still answers what it has in hand, then says goodbye on
+            # each connection (its calls then fail at once): the link stays until then.
+            if (
+                self.members.remove(record.name, reason, instance=record.instance)
+                and record.status is Status.DEAD
+            ):
                 self._links.forget(record.endpoint, "left the zone")
             if record.status is Status.DEAD:
                 self._dead[record.name] = (
@@ -285,11 +264,21 @@ class ZoneAgent:
                     time.monotonic() + RECONNECT_WINDOW_S,
                 )
             self.candidates.remove(record.name, reason, instance=record.instance)
-            self._rewatch()
+            self.neighbours.rechoose_soon()
         elif change is Change.SAME_NAME:
             self._same_name(
                 Member(record.name, self._me.zone, record.endpoint, VERSION, record.instance)
             )
+
+    def _unreachable(self, name: str, endpoint: str) -> None:
+        """A connection to ``name`` failed: suspect it (it refutes if it is alive)."""
+        record = self.book.records.get(name)
+        if self._stopping or record is None or record.endpoint != endpoint:
+            return
+        suspected = self.book.suspect(name)
+        if suspected is not None:
+            self._act(Change.SUSPECTED, suspected, "link")
+            self._news.set()
 
     def _start_suspicion(self, record: Record) -> None:
         if record.name not in self._suspicions:
@@ -387,7 +376,10 @@ class ZoneAgent:
             await self._exchange(link)  # a new node learns the whole zone from its first member
 
     def heard_of(self, name: str, endpoint: str, instance: str, source: str) -> None:
-        """A node told us of itself (a hello): a candidate."""
+        """A node said hello over a connection only the zone's members can open: a member.
+
+        Its endpoint is not dialed back to check it: a node that advertises an address
+        others cannot reach is suspected by the first that tries, and leaves."""
         if not instance:
             return
         if name == self._me.name:
@@ -397,7 +389,10 @@ class ZoneAgent:
         record = self.book.records.get(name)
         if record is not None and record.instance == instance and record.endpoint == endpoint:
             return
-        self.candidates.add(Member(name, self._me.zone, endpoint, VERSION, instance), source)
+        outcome = self.book.add(name, endpoint, instance)
+        if outcome is not None:
+            self._act(*outcome, source)
+            self._news.set()
 
     # -- one name, one node -------------------------------------------------------------------
 
@@ -473,32 +468,19 @@ class ZoneAgent:
             ended = self.book.declare(record.name, record.instance, Status.LEFT)
             if ended is not None:
                 self._act(Change.LEFT, ended, "goodbye")
-        elif link.state in (LinkState.DOWN, LinkState.REFUSED):
-            suspected = self.book.suspect(record.name)
-            if suspected is not None:
-                self._act(Change.SUSPECTED, suspected, "link")
+        elif link.state in (LinkState.DOWN, LinkState.REFUSED) or link.retrying:
+            self._unreachable(record.name, record.endpoint)
         self._news.set()
 
-    def _rewatch(self) -> None:
-        """Keep connections to this node's successors on the ring of member names."""
-        if self._stopping:
+    def check(self, name: str) -> None:
+        """A connection ``name`` had to this node is gone: dial it, unless we reach it
+        already (a refused connect makes it suspected, see `link_changed`)."""
+        record = self.book.records.get(name)
+        if record is None or self._stopping:
             return
-        me = _ring_key(self._me.name)
-        ring = sorted(self.book.alive(), key=lambda r: (_ring_key(r.name) <= me, _ring_key(r.name)))
-        wanted = {record.endpoint: record.name for record in ring[:WATCHED]}
-        for endpoint in self._watched - wanted.keys():
-            link = self._links.find(endpoint)
-            if link is not None:
-                link.watched = False
-        for endpoint, name in wanted.items():
-            self._links.get(endpoint, name).watched = True
-        self._watched = set(wanted)
-
-    # -- gossip, pulls, seeds, idle links ----------------------------------------------------
-
-    def _pick(self, count: int) -> list[Record]:
-        alive = [r for r in self.book.alive() if r.status is Status.ALIVE]
-        return random.sample(alive, min(count, len(alive)))
+        link = self._links.find(record.endpoint)
+        if link is None:
+            self._links.get(record.endpoint, record.name)
 
     async def _gossip(self) -> None:
         while True:
@@ -508,8 +490,7 @@ class ZoneAgent:
             news = self.book.take_news()
             if news:
                 frame = encode(GOSSIP, [list(update) for update in news])
-                for record in self._pick(GOSSIP_FANOUT):
-                    self._links.get(record.endpoint, record.name).post(frame)
+                self.neighbours.send(frame, GOSSIP_FANOUT)
             await asyncio.sleep(GOSSIP_INTERVAL_S)
 
     async def _exchange(self, link: Link) -> None:
@@ -540,7 +521,7 @@ class ZoneAgent:
                 await asyncio.gather(*(self._ask_seed(seed) for seed in self._seeds))
                 next_seeds = now + (SEED_RETRY_S if not len(self.book) else SYNC_INTERVAL_S)
             if now >= next_sync:
-                for record in self._pick(1):
+                for record in self.neighbours.pick(1):
                     await self._exchange(self._links.get(record.endpoint, record.name))
                 next_sync = now + SYNC_INTERVAL_S * random.uniform(0.8, 1.2)
             if now >= next_reconnect:

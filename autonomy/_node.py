@@ -267,6 +267,7 @@ class Node(NodeInterface):
             stats=self._stats,
             stop_grace_s=STOP_GRACE_S,
         )
+        agent.attach(self._inbound)
         self._state = NodeState.RUNNING
         agent.start()
         log.info("node %r of zone %r listening at %s", self._name, self.zone, self.endpoint)
@@ -304,8 +305,6 @@ class Node(NodeInterface):
             if self._agent is not None:
                 await self._agent.stop()
             await self._workers.stop_all(STOP_GRACE_S)
-            if self._agent is not None:
-                self._agent.farewell()
             inbound.say_goodbye()
             links.close(f"node {self._name!r} stopped")
             await inbound.close(STOP_GRACE_S)

@@ -33,6 +33,7 @@ from ._protocol import (
     BYE,
     CREDIT,
     ERROR,
+    GOSSIP,
     HELLO,
     REPLY,
     RESULT,
@@ -116,6 +117,7 @@ class Link:
         "pending",
         "quiet",
         "reason",
+        "retrying",
         "since",
         "slot_waiters",
         "state",
@@ -133,6 +135,8 @@ class Link:
         self.instance = ""
         self.state = LinkState.CONNECTING
         self.reason = "not connected yet"
+        self.retrying = False
+        """Never connected, and a connect already failed (nothing listened there)."""
         self.handshake_closed = False
         """The last drop happened during a handshake (its reason says more than a later
         'connection lost')."""
@@ -341,6 +345,9 @@ class Link:
             future = self.pending.get(rid)
             if future is not None and not future.done():
                 future.set_exception(error)
+        elif kind == GOSSIP:
+            if self._links.on_gossip is not None:
+                self._links.on_gossip(frame[2])
         elif kind == BYE:
             log.info("peer %s left: %s", self.label, frame[2])
             self._links.lost(self, LinkState.GONE, "the node stopped")
@@ -360,6 +367,12 @@ class Link:
 
     def _on_event(self, event: PeerEvent, reason: str) -> None:
         links = self._links
+        if event is PeerEvent.RETRYING:
+            if self.state is LinkState.CONNECTING and not self.retrying:
+                self.retrying = True  # never reached, and nothing listens there (yet)
+                self.reason = reason
+                links.changed(self)
+            return
         if event is PeerEvent.UP:
             was = self.state
             self.state = LinkState.UP
@@ -422,6 +435,8 @@ class Links:
         self.closed_reason = ""
         self.on_change: Callable[[Link], None] | None = None
         """Told of every change of a link's state (the zone's membership listens)."""
+        self.on_gossip: Callable[[object], None] | None = None
+        """Told of the gossip a peer sends back over our connection to it."""
         self._links: dict[str, Link] = {}
 
     def __len__(self) -> int:

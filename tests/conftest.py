@@ -215,7 +215,7 @@ def raw_dealer(
     import zmq
 
     from autonomy._secret import derive_seeds, zone_secret
-    from autonomy._transport import curve_keys
+    from autonomy._sockets import curve_keys
 
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

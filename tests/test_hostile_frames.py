@@ -58,7 +58,7 @@ from autonomy._protocol import (
     request_id_of,
 )
 from autonomy._secret import derive_seeds
-from autonomy._transport import CurveKeys, curve_keys
+from autonomy._sockets import CurveKeys, curve_keys
 
 from .conftest import FrameReader, frames_of, join_as_member
 

@@ -15,11 +15,13 @@ import pytest
 
 import autonomy._membership as membership_module
 from autonomy import Node, Zone
-from autonomy._membership import WATCHED
+from autonomy._neighbours import FINGERS, WATCHED
 
 from .conftest import bounded, eventually, unique
 
 SIZE = 8
+KEPT = WATCHED + FINGERS
+"""The most connections a node keeps once idle: its ring successors and fingers."""
 
 
 @pytest.fixture
@@ -60,9 +62,9 @@ async def test_an_idle_zone_exchanges_no_message_and_keeps_few_connections(
     nodes = zone_of_eight
     await eventually(lambda: settled(nodes), 10, "the news to have been passed on")
     # Connections opened to join, to verify and to gossip close once idle: each node
-    # keeps those to its ring successors (and the few that others keep to it).
+    # keeps those to its ring successors and fingers (and the few others keep to it).
     await eventually(
-        lambda: all(len(node._links) <= WATCHED for node in nodes), 10, "idle links to close"
+        lambda: all(len(node._links) <= KEPT for node in nodes), 10, "idle links to close"
     )
     before = [await node.stats() for node in nodes]
     # NOTE: the only traffic of a settled zone is one full exchange per node every ~30 s
@@ -72,7 +74,7 @@ async def test_an_idle_zone_exchanges_no_message_and_keeps_few_connections(
     for start, end in zip(before, after, strict=True):
         assert end["messages_sent"] == start["messages_sent"], end["node"]
         assert end["messages_received"] == start["messages_received"], end["node"]
-        assert end["connections"]["dialed"] <= WATCHED
+        assert end["connections"]["dialed"] <= KEPT
 
 
 async def test_a_node_that_leaves_is_gone_from_every_view_even_without_a_connection_to_it(
@@ -81,7 +83,7 @@ async def test_a_node_that_leaves_is_gone_from_every_view_even_without_a_connect
     nodes = zone_of_eight
     await eventually(lambda: settled(nodes), 10, "the news to have been passed on")
     await eventually(
-        lambda: all(len(node._links) <= WATCHED for node in nodes), 10, "idle links to close"
+        lambda: all(len(node._links) <= KEPT for node in nodes), 10, "idle links to close"
     )
     leaving = nodes[3]
     connected = {node.name for node in nodes if node._links.find(leaving.endpoint) is not None}

@@ -266,7 +266,7 @@ async def test_a_handler_that_blocks_its_node_past_the_silence_bound_is_busy_not
 ) -> None:
     """The kernel answers keepalives while Python is blocked, so a runner whose event loop is
     blocked stays connected: its callers wait (busy) instead of failing (gone)."""
-    from autonomy._transport import SILENT_LINK_S
+    from autonomy._sockets import SILENT_LINK_S
 
     from .workers import Hog
 

@@ -34,7 +34,7 @@ from autonomy._protocol import (
     error_from_wire,
 )
 from autonomy._secret import derive_seeds
-from autonomy._transport import CurveKeys, curve_keys
+from autonomy._sockets import CurveKeys, curve_keys
 
 from .conftest import FrameReader, bounded, join_as_member
 from .processes import Child

@@ -289,7 +289,7 @@ async def test_a_runner_cut_off_silently_leaves_the_zone_within_the_bound_and_re
     tmp_path: Path,
 ) -> None:
     from autonomy._membership import SUSPECT_TIMEOUT_S
-    from autonomy._transport import SILENT_LINK_S
+    from autonomy._sockets import SILENT_LINK_S
 
     async with mesh(tmp_path) as state:
         hosts = state.hosts

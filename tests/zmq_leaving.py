@@ -23,13 +23,13 @@ import time
 import zmq
 
 from autonomy._protocol import MAX_FRAME_BYTES
-from autonomy._transport import _common_options
+from autonomy._sockets import common_options
 
 PEERS = 20
 
 
 def configure(sock: zmq.Socket[bytes], heartbeats: bool) -> None:
-    _common_options(sock, MAX_FRAME_BYTES)
+    common_options(sock, MAX_FRAME_BYTES)
     if heartbeats:  # what autonomy's sockets had before (at 2 ms, to tick often)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
