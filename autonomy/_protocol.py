@@ -336,6 +336,11 @@ def check_name(name: object, what: str = "worker name") -> str:
     """Validate a worker or node name: a non-empty str of printable characters, at most 255
     bytes in UTF-8 (so that a frame's envelope stays within ENVELOPE_OVERHEAD).
 
+    A bad name is the caller's bug, found before any I/O, so a bad value raises the builtin
+    ``ValueError`` as any Python API does for a bad argument (the typed errors are for what
+    can also come back from a peer); a name that is not a ``str`` is a `MessageTypeError`,
+    which is a ``TypeError``. A peer sent a bad name: its START is a `WorkerStartError`.
+
     Raises:
         MessageTypeError: it is not a ``str``.
         ValueError: it is empty, too long, or holds control characters.

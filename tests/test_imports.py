@@ -218,3 +218,15 @@ MAX_MODULE_LINES = 650
 def test_no_module_is_much_over_six_hundred_lines(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_MODULE_LINES, f"{relative(path)} has {lines} lines"
+
+
+def test_the_readmes_module_map_is_the_layer_table() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    rows: dict[str, int] = {}
+    for match in re.finditer(r"(?m)^\| (\d+) \| ((?:`_\w+`(?:, )?)+) \|", readme):
+        for module in re.findall(r"`(_\w+)`", match.group(2)):
+            rows[module] = int(match.group(1))
+    layers = {name: row for name, row in documented_layers().items() if name != "__init__"}
+    assert rows == layers
+    cli = {path.stem for path in (PACKAGE / "cli").glob("_*.py") if path.name != "__main__.py"}
+    assert all(f"`{name}`" in readme for name in cli), cli
