@@ -109,6 +109,8 @@ class ZoneAgent:
         self._departed: dict[str, str] = {}
         """Why each node that left did (the latest few): a call to it says so."""
         self._duplicates: set[str] = set()
+        self._waiting: dict[str, Update] = {}
+        """Newer runs of members' names, waiting to know whether the member is gone."""
         """Runs refused as a second node of a member's name (logged once each)."""
         self._name_checks: dict[str, asyncio.Task[None]] = {}
         self._dead: dict[str, tuple[str, str, float]] = {}
@@ -257,6 +259,9 @@ class ZoneAgent:
                 and record.status is Status.DEAD
             ):
                 self._links.forget(record.endpoint, "left the zone")
+            waiting = self._waiting.pop(record.name, None)
+            if waiting is not None and waiting[2] != record.instance:
+                self._apply(waiting, "restart")  # the run that waited for this one to go
             if record.status is Status.DEAD:
                 self._dead[record.name] = (
                     record.endpoint,
@@ -399,10 +404,20 @@ class ZoneAgent:
     def _admits_run(self, old: Record, new: Record) -> bool:
         """A newer run of a member's name replaces it only when the member is gone: while
         it is reachable, the newer one is a second node with a taken name (it stops, see
-        `_same_name`). A restarted node is let in: its predecessor's link is down."""
-        link = self._links.find(old.endpoint)
-        if link is None or not link.is_up():
+        `_same_name`). A restarted node is let in: its predecessor is suspected, or our
+        connection to it is down. When we cannot tell (no connection to it yet), the newer
+        run waits while we dial the member: it comes in once the member is declared dead."""
+        if old.status is Status.SUSPECT:
             return True
+        link = self._links.find(old.endpoint)
+        if link is not None and not link.is_up() and link.state is not LinkState.CONNECTING:
+            return True
+        if link is not None and link.retrying:
+            return True
+        if link is None or not link.is_up():
+            self._waiting[old.name] = new.update()
+            self.check(old.name)
+            return False
         if new.instance not in self._duplicates:
             self._duplicates.add(new.instance)
             log.warning(
@@ -566,6 +581,16 @@ class ZoneAgent:
             if outcome is not None:
                 self._act(*outcome, "seed")
         await self._exchange(link)
+
+    def settled(self) -> bool:
+        """No news to pass on, no suspicion running, no connection being chosen or opened,
+        no candidate being verified: what an idle zone looks like from here."""
+        return (
+            not self.book.has_news()
+            and not self._suspicions
+            and self.neighbours.settled()
+            and all(task.done() for task in self._verifying.values())
+        )
 
     # -- what other nodes ask of this one -----------------------------------------------------
 

@@ -72,8 +72,13 @@ class Neighbours:
         self.watched: set[str] = set()
         """The endpoints this node keeps connections to."""
         self._timer: asyncio.TimerHandle | None = None
+        self._opening = 0
         self._by = 0.0
         self._stopped = False
+
+    def settled(self) -> bool:
+        """No choice of connections pending, none being opened."""
+        return self._timer is None and not self._opening
 
     def stop(self) -> None:
         self._stopped = True
@@ -122,6 +127,7 @@ class Neighbours:
     async def _keep(self, endpoint: str, name: str) -> None:
         link = self._links.get(endpoint, name)
         link.watched = True
+        self._opening += 1
         try:
             # A hello: the kept node can then gossip back over this connection.
             await self._links.connect(endpoint, PEER_UNREACHABLE_S + 2)
@@ -129,6 +135,8 @@ class Neighbours:
             log.debug("kept node %s at %s not reached: %s", name, endpoint, exc)
             if endpoint in self.watched:
                 self._unreachable(name, endpoint)  # it died before we ever reached it
+        finally:
+            self._opening -= 1
 
     def channels(self) -> dict[str, Callable[[bytes], object]]:
         """Per member, a way to send it a frame over a connection that is open already:

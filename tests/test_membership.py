@@ -47,7 +47,7 @@ async def zone_of_eight(zone: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
 
 
 def settled(nodes: list[Node]) -> bool:
-    return all(not node.membership.book.has_news() for node in nodes)
+    return all(node.membership.settled() for node in nodes)
 
 
 async def test_every_node_of_a_seeded_zone_knows_every_other(zone_of_eight: list[Node]) -> None:
@@ -66,6 +66,7 @@ async def test_an_idle_zone_exchanges_no_message_and_keeps_few_connections(
     await eventually(
         lambda: all(len(node._links) <= KEPT for node in nodes), 10, "idle links to close"
     )
+    await eventually(lambda: settled(nodes), 10, "the zone to settle")
     before = [await node.stats() for node in nodes]
     # NOTE: the only traffic of a settled zone is one full exchange per node every ~30 s
     # (SYNC_INTERVAL_S, first after 15 s at the earliest): 2 s of it must be silent.
