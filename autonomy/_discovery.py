@@ -1,12 +1,12 @@
-"""Zeroconf advertising and browsing of autonomy nodes, and the zone's membership table.
+"""Finding nodes: zeroconf advertising and browsing, seeds by DNS name, the zone's table.
 
 `Membership` is the table of who is in this node's zone; `Discovery` advertises this node
 over mDNS and feeds what it browses into a `Membership`. This is the only module that imports
 zeroconf. It knows nothing of workers or ZeroMQ: a member's endpoint is an opaque string here.
 
 mDNS finds nodes; it never says whether they are alive. A node killed without a goodbye stays
-in other nodes' zeroconf caches for many minutes, so the transport's heartbeats decide when a
-peer is gone and call `Membership.remove(name, reason, instance=...)`.
+in other nodes' zeroconf caches for many minutes, so the membership's failure detector decides
+when a peer is gone and call `Membership.remove(name, reason, instance=...)`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import ipaddress
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from zeroconf import Error as ZeroconfError
 from zeroconf import ServiceStateChange, Zeroconf
@@ -32,6 +33,7 @@ from ._protocol import VERSION as PROTOCOL_VERSION
 __all__ = [
     "PROTOCOL_VERSION",
     "interfaces_for",
+    "resolve_seed",
     "SERVICE_TYPE",
     "Discovery",
     "Member",
@@ -551,6 +553,67 @@ def interfaces_for(endpoint: str) -> list[str]:
             key="bind",
         )
     return [str(address)]
+
+
+async def _off_loop(
+    function: Callable[[], list[Any]], timeout_s: float = RESOLVE_TIMEOUT_MS / 1000
+) -> list[Any]:
+    """Run a blocking lookup in a thread of its own, joined when it is done (the loop's
+    default executor would keep a thread for the rest of the loop's life)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(result: list[Any] | None, error: BaseException | None) -> None:
+        if not done.done():
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result or [])
+
+    def run() -> None:
+        try:
+            result = function()
+        except BaseException as error:
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    thread = threading.Thread(target=run, name="autonomy-resolve", daemon=True)
+    thread.start()
+    async with asyncio.timeout(timeout_s):
+        result = await done
+    thread.join()
+    return result
+
+
+async def resolve_seed(seed: str) -> list[str]:
+    """The endpoints of a seed: itself when its host is an address, else one per address
+    its name resolves to now (a Kubernetes headless Service resolves to every ready pod;
+    asked again each time, so that pods that come later, or back at a new address, are
+    found)."""
+    scheme, _, rest = seed.partition("://")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme != "tcp" or not port.isdigit():
+        return [seed]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [seed]
+    try:
+        infos = await _off_loop(
+            lambda: socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        )
+    except (OSError, TimeoutError) as exc:
+        log.debug("seed %s does not resolve: %s", seed, exc)
+        return []
+    addresses = dict.fromkeys(str(info[4][0]) for info in infos)
+    return [
+        f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
+        for address in addresses
+    ]
 
 
 def _member_from_properties(properties: dict[str, str | None]) -> Member | None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from ._discovery import Discovery, Member, Membership, interfaces_for
+from ._discovery import Discovery, Member, Membership, interfaces_for, resolve_seed
 from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
 from ._gossip import MAX_UPDATES, Book, Change, Record, Status, Update, parse_updates
 from ._neighbours import Neighbours, Outlets
@@ -533,7 +533,9 @@ class ZoneAgent:
         while True:
             now = loop.time()
             if self._seeds and now >= next_seeds:
-                await asyncio.gather(*(self._ask_seed(seed) for seed in self._seeds))
+                addresses = await asyncio.gather(*(resolve_seed(seed) for seed in self._seeds))
+                endpoints = {e for each in addresses for e in each} - {self._me.endpoint}
+                await asyncio.gather(*(self._ask_seed(endpoint) for endpoint in endpoints))
                 next_seeds = now + (SEED_RETRY_S if not len(self.book) else SYNC_INTERVAL_S)
             if now >= next_sync:
                 for record in self.neighbours.pick(1):
