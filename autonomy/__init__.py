@@ -6,7 +6,7 @@ TYPE_CHECKING too), so no import circle can form. ``tests/test_imports.py`` read
 and holds the code to it.
 
     1  _errors
-    2  _config  _protocol  _deadlines  _shipping  _tools  _gossip
+    2  _config  _protocol  _deadlines  _shipping  _tools  _gossip  _addresses
     3  _secret  _outbox  _discovery  _worker  _sockets
     4  _transport
     5  _mailbox  _peer  _base

@@ -1,4 +1,4 @@
-"""Finding nodes: zeroconf advertising and browsing, seeds by DNS name, the zone's table.
+"""Finding nodes: zeroconf advertising and browsing, and the zone's membership table.
 
 `Membership` is the table of who is in this node's zone; `Discovery` advertises this node
 over mDNS and feeds what it browses into a `Membership`. This is the only module that imports
@@ -17,23 +17,20 @@ import ipaddress
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from zeroconf import Error as ZeroconfError
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from ._errors import ConfigError, DiscoveryError, InternalError
+from ._errors import DiscoveryError, InternalError
 from ._protocol import VERSION as PROTOCOL_VERSION
 
 __all__ = [
     "PROTOCOL_VERSION",
-    "interfaces_for",
-    "resolve_seed",
     "SERVICE_TYPE",
     "Discovery",
     "Member",
@@ -529,91 +526,6 @@ def _check_interfaces(interfaces: list[str]) -> None:
         family = socket.AF_INET6 if ipaddress.ip_address(interface).version == 6 else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((interface, 0))
-
-
-def interfaces_for(endpoint: str) -> list[str]:
-    """mDNS runs on the interface the node is bound to, so that it reaches exactly the
-    machines that can dial the node: loopback by default, a LAN address when bound to one.
-
-    Raises:
-        ConfigError: the node is bound to a host name or a wildcard address.
-    """
-    host = endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(
-            f"discovery needs the node bound to an IP address, not {host!r}", key="bind"
-        ) from None
-    if address.is_unspecified:
-        raise ConfigError(
-            "discovery cannot advertise a wildcard address: bind the LAN address other "
-            "machines reach (AUTONOMY_BIND=192.168.1.20), or turn discovery off and use "
-            "AUTONOMY_PEERS",
-            key="bind",
-        )
-    return [str(address)]
-
-
-async def _off_loop(
-    function: Callable[[], list[Any]], timeout_s: float = RESOLVE_TIMEOUT_MS / 1000
-) -> list[Any]:
-    """Run a blocking lookup in a thread of its own, joined when it is done (the loop's
-    default executor would keep a thread for the rest of the loop's life)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[Any]] = loop.create_future()
-
-    def settle(result: list[Any] | None, error: BaseException | None) -> None:
-        if not done.done():
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result or [])
-
-    def run() -> None:
-        try:
-            result = function()
-        except BaseException as error:
-            loop.call_soon_threadsafe(settle, None, error)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    thread = threading.Thread(target=run, name="autonomy-resolve", daemon=True)
-    thread.start()
-    async with asyncio.timeout(timeout_s):
-        result = await done
-    thread.join()
-    return result
-
-
-async def resolve_seed(seed: str) -> list[str]:
-    """The endpoints of a seed: itself when its host is an address, else one per address
-    its name resolves to now (a Kubernetes headless Service resolves to every ready pod;
-    asked again each time, so that pods that come later, or back at a new address, are
-    found)."""
-    scheme, _, rest = seed.partition("://")
-    host, _, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if scheme != "tcp" or not port.isdigit():
-        return [seed]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return [seed]
-    try:
-        infos = await _off_loop(
-            lambda: socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        )
-    except (OSError, TimeoutError) as exc:
-        log.debug("seed %s does not resolve: %s", seed, exc)
-        return []
-    addresses = dict.fromkeys(str(info[4][0]) for info in infos)
-    return [
-        f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
-        for address in addresses
-    ]
 
 
 def _member_from_properties(properties: dict[str, str | None]) -> Member | None:

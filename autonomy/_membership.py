@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from ._discovery import Discovery, Member, Membership, interfaces_for, resolve_seed
+from ._addresses import interfaces_for, resolve_seed
+from ._discovery import Discovery, Member, Membership
 from ._errors import AutonomyError, ConfigError, DiscoveryError, PeerUnavailableError
 from ._gossip import MAX_UPDATES, Book, Change, Record, Status, Update, parse_updates
 from ._neighbours import Neighbours, Outlets

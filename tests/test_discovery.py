@@ -726,14 +726,14 @@ def test_netns_lab_deletes_everything_even_when_the_body_fails() -> None:
 
 
 async def test_a_seed_given_by_address_is_dialled_as_it_is() -> None:
-    from autonomy._discovery import resolve_seed
+    from autonomy._addresses import resolve_seed
 
     assert await resolve_seed("tcp://10.1.2.3:7000") == ["tcp://10.1.2.3:7000"]
     assert await resolve_seed("tcp://[::1]:7000") == ["tcp://[::1]:7000"]
 
 
 async def test_a_seed_given_by_name_is_dialled_at_every_address_the_name_has_now() -> None:
-    from autonomy._discovery import resolve_seed
+    from autonomy._addresses import resolve_seed
 
     endpoints = await resolve_seed("tcp://localhost:7000")
     assert "tcp://127.0.0.1:7000" in endpoints
