@@ -4,15 +4,13 @@ peer's name resolves to. Lookups only: nothing is sent.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
-import threading
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from ._errors import ConfigError
+from ._threads import in_thread
 
 __all__ = ["interfaces_for", "resolve_seed"]
 
@@ -46,37 +44,6 @@ def interfaces_for(endpoint: str) -> list[str]:
     return [str(address)]
 
 
-async def _off_loop(
-    function: Callable[[], list[Any]], timeout_s: float = RESOLVE_TIMEOUT_S
-) -> list[Any]:
-    """Run a blocking lookup in a thread of its own, joined when it is done (the loop's
-    default executor would keep a thread for the rest of the loop's life)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[Any]] = loop.create_future()
-
-    def settle(result: list[Any] | None, error: BaseException | None) -> None:
-        if not done.done():
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result or [])
-
-    def run() -> None:
-        try:
-            result = function()
-        except BaseException as error:
-            loop.call_soon_threadsafe(settle, None, error)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    thread = threading.Thread(target=run, name="autonomy-resolve", daemon=True)
-    thread.start()
-    async with asyncio.timeout(timeout_s):
-        result = await done
-    thread.join()
-    return result
-
-
 async def resolve_seed(seed: str) -> list[str]:
     """The endpoints of a seed: itself when its host is an address, else one per address
     its name resolves to now (a Kubernetes headless Service resolves to every ready pod;
@@ -94,8 +61,9 @@ async def resolve_seed(seed: str) -> list[str]:
     else:
         return [seed]
     try:
-        infos = await _off_loop(
-            lambda: socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        infos = await in_thread(
+            lambda: socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM),
+            RESOLVE_TIMEOUT_S,
         )
     except (OSError, TimeoutError) as exc:
         log.debug("seed %s does not resolve: %s", seed, exc)

@@ -50,6 +50,8 @@ class Env(enum.StrEnum):
     """`Node.start` keeps serving after ``main`` returns (default) or returns."""
     LOG_LEVEL = "AUTONOMY_LOG_LEVEL"
     """The log level `Node.start` configures when the program configured none."""
+    METRICS = "AUTONOMY_METRICS"
+    """Serve Prometheus metrics at ``http://HOST:PORT/metrics`` (``HOST:PORT`` or ``PORT``)."""
     MODEL_ALIASES = "AUTONOMY_MODEL_ALIASES"
     """Model names mapped to what the endpoint serves: ``guide-name=served-name,...``."""
     STATE_DIR = "AUTONOMY_STATE_DIR"
@@ -150,6 +152,7 @@ class Settings:
     expected_nodes: tuple[str, ...] = ()
     wait_until_interrupted: bool = True
     log_level: str = "WARNING"
+    metrics: str | None = None
     model_aliases: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -200,5 +203,6 @@ class Settings:
             expected_nodes=_names(text(Env.EXPECTED_NODES) or ""),
             wait_until_interrupted=flag(env, Env.WAIT_UNTIL_INTERRUPTED.value, True),
             log_level=log_level,
+            metrics=text(Env.METRICS),
             model_aliases=_aliases(text(Env.MODEL_ALIASES) or ""),
         )

@@ -169,6 +169,8 @@ class Inbound:
         self._stop_grace_s = stop_grace_s
         self.running = True
         """False once the node stops: requests are then refused with NodeClosedError."""
+        self.rejected = 0
+        """Frames refused as malformed, of another version, or over the limit."""
         self._identity = identity
         self._transport = transport
         self._links = links
@@ -287,6 +289,7 @@ class Inbound:
     ) -> None:
         # Logged once per dialer at WARNING, then at DEBUG with a count: a misbehaving or
         # hostile dialer cannot flood the log.
+        self.rejected += 1
         if rid:
             self.answer(ident, encode_error(rid, exc))
         if not log_it:

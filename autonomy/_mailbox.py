@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Final
 
@@ -24,12 +26,40 @@ from ._errors import (
 )
 from ._worker import _CLOSED, _OPEN, Context, CreditLine, Owner, ReplyChannel, Worker
 
-__all__ = ["MAILBOX_SIZE", "Mailbox", "Workers"]
+__all__ = ["HANDLER_BUCKETS_S", "MAILBOX_SIZE", "Histogram", "Mailbox", "Workers"]
 
 log = logging.getLogger("autonomy.worker")
 
 MAILBOX_SIZE: Final = 1000
 """Messages a worker may have queued from local senders before they wait for room."""
+
+
+HANDLER_BUCKETS_S: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+"""Upper bounds (seconds) of the handler-time histogram's buckets (Prometheus style)."""
+
+
+class Histogram:
+    """Handler times: a count per bucket, their count and sum (two adds and a bisect)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HANDLER_BUCKETS_S) + 1)
+        """Per bucket (not cumulative); the last is over the largest bound."""
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(HANDLER_BUCKETS_S, seconds)] += 1
+        self.sum += seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """``count``, ``sum`` and cumulative ``buckets`` keyed by their upper bound."""
+        cumulative: dict[str, int] = {}
+        total = 0
+        for bound, count in zip((*HANDLER_BUCKETS_S, "+Inf"), self.counts, strict=True):
+            total += count
+            cumulative[str(bound)] = total
+        return {"count": total, "sum": self.sum, "buckets": cumulative}
 
 
 class Mailbox:
@@ -48,6 +78,7 @@ class Mailbox:
         "maxsize",
         "name",
         "owner",
+        "seconds",
         "worker",
     )
 
@@ -64,6 +95,8 @@ class Mailbox:
         """Messages whose handler raised."""
         self.expired = 0
         """Requests dropped unhandled because their caller had given up."""
+        self.seconds = Histogram()
+        """How long each handler took (wall time, awaits included)."""
         self.credit_lines: dict[Any, CreditLine] = {}
         """Per remote one-way sender (keyed by the sender's routing id), its window here."""
         self._queue: deque[Context] = deque()
@@ -131,6 +164,8 @@ class Mailbox:
         queue = self._queue
         loop = asyncio.get_running_loop()
         handle = self.worker.handle_message
+        clock = time.perf_counter
+        observe = self.seconds.observe
         while True:
             if not queue:
                 if self._stopping:
@@ -147,6 +182,7 @@ class Mailbox:
                 self.expired += 1
                 log.info("worker %r: dropped a request whose caller gave up", self.name)
                 continue
+            began = clock()
             try:
                 await handle(context, context._message)
             except asyncio.CancelledError:
@@ -179,6 +215,7 @@ class Mailbox:
                     channel.set_exception(NoReplyError(self.name, self.owner.name))
             context._state = _CLOSED
             self.handled += 1
+            observe(clock() - began)
             credit = context._credit
             if credit is not None:
                 credit.handled(not queue)

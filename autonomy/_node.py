@@ -34,6 +34,7 @@ from ._errors import (
 from ._inbound import Inbound
 from ._mailbox import MAILBOX_SIZE, Mailbox, Workers
 from ._membership import MemberLink, ZoneAgent
+from ._metrics import MetricsServer, metrics_address, snapshot
 from ._peer import Identity, Link, Links
 from ._protocol import MAX_FRAME_BYTES, check_name
 from ._remote import RemoteNode
@@ -97,7 +98,10 @@ class Node(NodeInterface):
             bound to; default on unless ``AUTONOMY_DISCOVERY=0``.
         peers: seed peers (``HOST:PORT`` each) for networks without multicast; default
             ``AUTONOMY_PEERS`` (comma-separated). Nodes exchange whom they know, so one
-            seed is enough.
+            seed is enough. A seed's name may resolve to several nodes (a headless Service).
+        metrics: serve Prometheus metrics at ``http://HOST:PORT/metrics`` (``HOST:PORT`` or
+            ``PORT``, loopback unless a host is given); default ``AUTONOMY_METRICS``, else
+            none.
 
     Raises:
         ConfigError: a setting (argument or ``AUTONOMY_*`` variable) is invalid.
@@ -117,6 +121,7 @@ class Node(NodeInterface):
         secure: bool | None = None,
         discovery: bool | None = None,
         peers: list[str] | str | None = None,
+        metrics: str | None = None,
     ) -> None:
         settings = Settings.from_env()
         self._settings = settings
@@ -147,6 +152,11 @@ class Node(NodeInterface):
         self._allow_shipping = allow_shipping or allowed_workers is not None
         self._discovery = discovery if discovery is not None else settings.discovery
         self._seeds = seed_endpoints(peers) if peers is not None else settings.peers
+        self._metrics_address = metrics if metrics is not None else settings.metrics
+        if self._metrics_address is not None:
+            metrics_address(self._metrics_address)  # a bad address fails here, not later
+        self._metrics: MetricsServer | None = None
+        self._started_at = 0.0
         self._state = NodeState.NEW
         self._workers = Workers(self, mailbox_size)
         self._remotes: dict[str, tuple[Link, RemoteNode]] = {}
@@ -268,8 +278,16 @@ class Node(NodeInterface):
             stop_grace_s=STOP_GRACE_S,
         )
         agent.attach(self._inbound)
+        self._started_at = time.monotonic()
         self._state = NodeState.RUNNING
         agent.start()
+        if self._metrics_address is not None:
+            try:
+                self._metrics = MetricsServer(self._metrics_address, self._do_stats)
+                self._metrics.start()
+            except BaseException:
+                await self.stop()
+                raise
         log.info("node %r of zone %r listening at %s", self._name, self.zone, self.endpoint)
 
     def _fail(self, error: ConfigError) -> None:
@@ -302,6 +320,8 @@ class Node(NodeInterface):
         assert inbound is not None
         try:
             inbound.running = False
+            if self._metrics is not None:
+                await self._metrics.stop()
             if self._agent is not None:
                 await self._agent.stop()
             await self._workers.stop_all(STOP_GRACE_S)
@@ -459,36 +479,13 @@ class Node(NodeInterface):
         assert links is not None
         assert inbound is not None
         assert agent is not None
-        peers: dict[str, Any] = {}
-        for link in links:
-            traffic = link.dealer.traffic if link.dealer is not None else None
-            peers[link.name or link.endpoint] = {
-                "endpoint": link.endpoint,
-                "state": link.state.value,
-                "in_flight": len(link.pending),
-                "messages_sent": traffic.messages_sent if traffic else 0,
-                "messages_received": traffic.messages_received if traffic else 0,
-                "reconnects": max(0, link.dealer.reconnects - 1) if link.dealer else 0,
-            }
-        return {
-            "node": self._name,
-            "zone": self.zone,
-            "endpoint": self.endpoint,
-            "instance": self.instance,
-            "members": len(agent.members.members()),
-            **transport.totals(),
-            "connections": {"dialed": len(links), "accepted": inbound.dialers},
-            "workers": {
-                m.name: {
-                    "handled": m.handled,
-                    "failed": m.failed,
-                    "queued": m.queued,
-                    "expired": m.expired,
-                }
-                for m in self._workers.mailboxes()
-            },
-            "peers": peers,
-        }
+        me = Identity(self._name, self.zone, self.endpoint, self.instance)
+        return snapshot(me, self._started_at, transport, links, inbound, agent, self._workers)
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://HOST:PORT/metrics`` where Prometheus scrapes this node ("" if none)."""
+        return self._metrics.url if self._metrics is not None else ""
 
     def _mailbox(self, name: str) -> Mailbox:
         if self._state is not NodeState.RUNNING:

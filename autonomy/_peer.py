@@ -111,6 +111,8 @@ class Link:
         "credit_waiters",
         "dealer",
         "endpoint",
+        "frames_received",
+        "frames_sent",
         "handshake_closed",
         "instance",
         "name",
@@ -153,6 +155,8 @@ class Link:
         self.dealer: DealerSocket | None = None
         self.used = 0
         """Calls and one-way messages sent (an idle link's count stands still)."""
+        self.frames_sent = 0
+        self.frames_received = 0
         self.used_mark = 0
         self.watched = False
         """Kept open by the zone's failure detector, used or not."""
@@ -221,6 +225,7 @@ class Link:
         try:
             assert self.dealer is not None
             self.dealer.send(frame)
+            self.frames_sent += 1
             entry = links.deadlines.add(deadline, future, worker, timeout_s)
             try:
                 return await future
@@ -276,6 +281,7 @@ class Link:
         self.credit[worker] = self.credit.get(worker, 0) + 1
         assert self.dealer is not None
         self.dealer.send(encode_send(worker, message))
+        self.frames_sent += 1
 
     async def _wait_credit(self, worker: str, timeout_s: float) -> None:
         deadline = self._links.loop.time() + timeout_s
@@ -296,6 +302,7 @@ class Link:
             self.dealer.send(frame)
         except AutonomyError:
             return False
+        self.frames_sent += 1
         return True
 
     def is_idle(self) -> bool:
@@ -312,6 +319,7 @@ class Link:
 
     def _on_message(self, data: bytes) -> None:
         frames, error = split(data, self._links.max_frame_bytes)
+        self.frames_received += len(frames)
         for each in frames:
             try:
                 frame = check_frame(each)

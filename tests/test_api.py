@@ -280,7 +280,14 @@ async def test_stats_count_a_workers_messages_and_the_nodes_traffic(target: Targ
         await target.send_and_receive("counter", "boom", timeout=5000)
     stats = await bounded(target.stats())
     assert stats["node"] == target.name
-    assert stats["workers"]["counter"] == {"handled": 6, "failed": 1, "queued": 0, "expired": 0}
+    counts = stats["workers"]["counter"]
+    assert {key: counts[key] for key in ("handled", "failed", "queued", "expired")} == {
+        "handled": 6,
+        "failed": 1,
+        "queued": 0,
+        "expired": 0,
+    }
+    assert counts["handler_seconds"]["count"] == 6
     assert isinstance(stats["members"], int)
     assert set(stats["connections"]) == {"dialed", "accepted"}
     if isinstance(target, RemoteNode):

@@ -1,0 +1,78 @@
+"""A node's counters as Prometheus scrapes them: right after known traffic, parsed with
+prometheus-client's own parser, served on loopback, gone when the node stops."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from autonomy import ConfigError, Node, WorkerError
+
+from .conftest import bounded, unique
+from .workers import Counter, Echoer
+
+
+async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_a_scrape_counts_each_workers_messages_and_the_nodes_traffic(zone: str) -> None:
+    async with (
+        Node(unique("server"), zone=zone, bind="127.0.0.1", metrics="127.0.0.1:0") as server,
+        Node(unique("client"), zone=zone, bind="127.0.0.1") as client,
+    ):
+        assert server.metrics_url.startswith("http://127.0.0.1:")
+        await server.start_worker("counter", Counter())
+        remote = await bounded(client.connect(server.endpoint))
+        for _ in range(3):
+            await remote.send_and_receive("counter", "increment", timeout=5000)
+        with pytest.raises(WorkerError):
+            await remote.send_and_receive("counter", "boom", timeout=5000)
+        await server.send_and_receive("counter", "get", timeout=5000)
+        samples = await bounded(scrape(server.metrics_url))
+        labels = (("node", server.name), ("worker", "counter"))
+        assert samples[("autonomy_messages_handled_total", labels)] == 5
+        assert samples[("autonomy_messages_failed_total", labels)] == 1
+        assert samples[("autonomy_mailbox_depth", labels)] == 0
+        assert samples[("autonomy_handler_seconds_count", labels)] == 5
+        infinity = tuple(sorted((*labels, ("le", "+Inf"))))
+        assert samples[("autonomy_handler_seconds_bucket", infinity)] == 5
+        assert samples[("autonomy_handler_seconds_sum", labels)] > 0
+        node = (("node", server.name),)
+        assert samples[("autonomy_messages_received_total", node)] >= 4
+        assert samples[("autonomy_rejected_frames_total", node)] == 0
+        assert ("autonomy_zone_members", (("node", server.name), ("zone", zone))) in samples
+        # The client's side: the peer counters of its link to the server.
+        stats = await client.stats()
+        (peer,) = stats["peers"].values()
+        assert peer["frames_sent"] >= 5
+        assert peer["frames_received"] >= 5
+        assert peer["in_flight"] == 0
+
+
+async def test_metrics_are_served_on_loopback_by_default_and_stop_with_the_node(zone: str) -> None:
+    async with Node(zone=zone, bind="127.0.0.1", metrics="0") as node:
+        await node.start_worker("echo", Echoer())
+        url = node.metrics_url
+        assert url.startswith("http://127.0.0.1:")
+        assert await bounded(scrape(url))
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.get(url)
+
+
+async def test_a_metrics_address_that_cannot_be_bound_is_a_config_error(zone: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT or PORT"):
+        Node(zone=zone, bind="127.0.0.1", metrics="not-a-port")
+    with pytest.raises(ConfigError, match="cannot serve metrics"):
+        async with Node(zone=zone, bind="127.0.0.1", metrics="192.0.2.1:9464"):
+            pass
