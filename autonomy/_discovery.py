@@ -288,6 +288,7 @@ class Discovery:
         instance: str,
         interfaces: list[str],
         on_same_name: Callable[[Member], None] | None = None,
+        advertise: bool = True,
     ) -> None:
         """Check the arguments; nothing touches the network before `start()`.
 
@@ -299,6 +300,7 @@ class Discovery:
             instance: random lowercase hex id (8 to 32 digits) of this node's process.
             interfaces: IP addresses of the interfaces mDNS may use, e.g. ``["127.0.0.1"]``.
             on_same_name: told of another node that advertises this node's name.
+            advertise: register this node's service (else only browse: an observer).
 
         Raises:
             ValueError: an argument is malformed or would not fit in a TXT record.
@@ -328,6 +330,7 @@ class Discovery:
                 raise ValueError(f"{key} is too long for a TXT record: {value!r}")
         self._membership = membership
         self._on_same_name = on_same_name
+        self._advertise = advertise
         self._name = name
         self._zone = zone
         self._endpoint = endpoint
@@ -395,6 +398,8 @@ class Discovery:
         self._browser = AsyncServiceBrowser(
             self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
         )
+        if not self._advertise:
+            return
         info = AsyncServiceInfo(
             SERVICE_TYPE,
             self._service_name,

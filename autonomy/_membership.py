@@ -142,6 +142,7 @@ class ZoneAgent:
             instance=me.instance,
             interfaces=interfaces_for(me.endpoint),
             on_same_name=self._same_name,
+            advertise=not me.observer,
         )
 
     def __repr__(self) -> str:
@@ -209,6 +210,8 @@ class ZoneAgent:
     def farewell(self) -> None:
         """This node leaves: tell every member it is connected to, either way (gossip
         spreads it from there)."""
+        if self._me.observer:
+            return  # never a member: nothing to take back
         farewell = encode(GOSSIP, [list(self.book.leave())])
         for send in self.neighbours.channels().values():
             send(farewell)
@@ -514,7 +517,7 @@ class ZoneAgent:
         (in that order, on one connection, so that what we pushed is in what we pull). Two
         sides of a healed partition, each declared dead by the other, both refute that
         way, and learn each other again."""
-        snapshot = [list(update) for update in self.book.snapshot()]
+        snapshot = self.member_list()
         for start in range(0, len(snapshot), 4 * MAX_UPDATES):
             link.post(encode(GOSSIP, snapshot[start : start + 4 * MAX_UPDATES]))
         try:
@@ -599,7 +602,10 @@ class ZoneAgent:
 
     def member_list(self) -> list[list[Any]]:
         """This node's whole view, itself included (the answer to MEMBERS)."""
-        return [list(update) for update in self.book.snapshot()]
+        snapshot = self.book.snapshot()
+        if self._me.observer:
+            snapshot = snapshot[1:]  # not a member: it does not list itself
+        return [list(update) for update in snapshot]
 
     # -- what Zone.nodes waits for ----------------------------------------------------------
 

@@ -99,6 +99,9 @@ class Node(NodeInterface):
         peers: seed peers (``HOST:PORT`` each) for networks without multicast; default
             ``AUTONOMY_PEERS`` (comma-separated). Nodes exchange whom they know, so one
             seed is enough. A seed's name may resolve to several nodes (a headless Service).
+        observer: watch the zone without joining it: the node reaches the members (their
+            ``stats()``, ``list_workers()``...) but is no member itself, so that it never
+            appears in another node's `Zone.nodes` (tools such as ``autonomy zone top``).
         metrics: serve Prometheus metrics at ``http://HOST:PORT/metrics`` (``HOST:PORT`` or
             ``PORT``, loopback unless a host is given); default ``AUTONOMY_METRICS``, else
             none.
@@ -122,6 +125,7 @@ class Node(NodeInterface):
         discovery: bool | None = None,
         peers: list[str] | str | None = None,
         metrics: str | None = None,
+        observer: bool = False,
     ) -> None:
         settings = Settings.from_env()
         self._settings = settings
@@ -152,6 +156,7 @@ class Node(NodeInterface):
         self._allow_shipping = allow_shipping or allowed_workers is not None
         self._discovery = discovery if discovery is not None else settings.discovery
         self._seeds = seed_endpoints(peers) if peers is not None else settings.peers
+        self._observer = observer
         self._metrics_address = metrics if metrics is not None else settings.metrics
         if self._metrics_address is not None:
             metrics_address(self._metrics_address)  # a bad address fails here, not later
@@ -246,7 +251,9 @@ class Node(NodeInterface):
         )
         try:
             self.endpoint = transport.bind(self._bind, self._on_router_message)
-            identity = Identity(self._name, self.zone, self.endpoint, self.instance)
+            identity = Identity(
+                self._name, self.zone, self.endpoint, self.instance, observer=self._observer
+            )
             links = Links(
                 transport,
                 identity,

@@ -96,9 +96,13 @@ class Identity:
     zone: str
     endpoint: str
     instance: str
+    observer: bool = False
+    """It watches the zone without being a member: its hello names no endpoint, so no
+    node takes it for one."""
 
     def hello(self, rid: int) -> bytes:
-        return encode(HELLO, rid, self.name, self.zone, self.endpoint, self.instance)
+        endpoint = "" if self.observer else self.endpoint
+        return encode(HELLO, rid, self.name, self.zone, endpoint, self.instance)
 
 
 class Link:

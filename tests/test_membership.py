@@ -113,3 +113,21 @@ async def test_a_new_node_joining_through_any_member_is_learnt_by_all(
             "every node to learn of the late joiner",
         )
         assert len(await bounded(Zone.nodes(late, count=SIZE + 1, timeout=10_000))) == SIZE + 1
+
+
+async def test_an_observer_sees_the_zone_and_reads_its_stats_but_is_no_member(
+    zone_of_eight: list[Node], zone: str
+) -> None:
+    nodes = zone_of_eight
+    seed = nodes[2].endpoint.removeprefix("tcp://")
+    async with Node(
+        name="observer", zone=zone, bind="127.0.0.1", discovery=False, peers=seed, observer=True
+    ) as observer:
+        seen = await bounded(Zone.nodes(observer, count=SIZE + 1, timeout=10_000))
+        assert len(seen) == SIZE + 1  # every member, and itself
+        stats = await bounded(seen[0].stats())
+        assert stats["members"] == SIZE - 1
+        await eventually(lambda: settled([*nodes, observer]), 10, "the news to settle")
+        for node in nodes:
+            assert node.membership.members.get("observer") is None
+            assert "observer" not in [peer.name for peer in node.peers()]
