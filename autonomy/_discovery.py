@@ -206,15 +206,32 @@ class Membership:
         """
         self._subscribers.append((on_join, on_leave))
 
-    async def wait_for(self, predicate: Callable[[list[Member]], bool], timeout_s: float) -> bool:
+    async def wait_for(
+        self,
+        predicate: Callable[[list[Member]], bool],
+        timeout_s: float,
+        *,
+        while_joining_s: float = 0.0,
+    ) -> bool:
         """Wait until `predicate(members())` holds, re-checking it after every change.
+
+        Args:
+            predicate: what to wait for.
+            timeout_s: how long to wait; with ``while_joining_s``, how long to wait after
+                the last join (nodes still arriving: a big zone on a slow machine)...
+            while_joining_s: ...but never longer than this in all.
 
         Returns:
             The predicate's value when it first held, or at the deadline.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        began = loop.time()
+        deadline = began + timeout_s
+        count = len(self._members)
         while not predicate(self.members()):
+            if while_joining_s and len(self._members) > count:
+                count = len(self._members)
+                deadline = min(loop.time() + timeout_s, began + while_joining_s)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return predicate(self.members())

@@ -609,9 +609,16 @@ class ZoneAgent:
 
     # -- what Zone.nodes waits for ----------------------------------------------------------
 
-    async def wait_for(self, predicate: Callable[[list[Member]], bool], timeout_s: float) -> bool:
-        """Wait until ``predicate(members)`` holds, or ``timeout_s``; returns whether it does."""
-        return await self.members.wait_for(predicate, timeout_s)
+    async def wait_for(
+        self,
+        predicate: Callable[[list[Member]], bool],
+        timeout_s: float,
+        *,
+        while_joining_s: float = 0.0,
+    ) -> bool:
+        """Wait until ``predicate(members)`` holds, or ``timeout_s`` (after the last join,
+        with ``while_joining_s`` in all at most); returns whether it does."""
+        return await self.members.wait_for(predicate, timeout_s, while_joining_s=while_joining_s)
 
     async def wait_settled(self, after_start_s: float, quiet_s: float, max_s: float) -> None:
         """Let discovery run ``after_start_s`` after the node started, then until no member

@@ -24,6 +24,10 @@ ZONE_WAIT_MS: Final = 30_000
 """How long `Zone.nodes` waits for the nodes it expects (``count=``, or the zone launcher's
 ``AUTONOMY_EXPECTED_NODES``) before it returns what it found."""
 
+EXPECTED_WAIT_FACTOR: Final = 4
+"""Waiting for the launcher's expected nodes, `Zone.nodes` waits ``timeout`` after the last
+node that joined, and at most this many times ``timeout`` in all."""
+
 SETTLE_AFTER_START_S: Final = 3.0
 """Without expectations, `Zone.nodes` first lets discovery run this long after the node
 started: mDNS name probing takes ~1.2 s, and nodes started together saw each other ~1.5 s
@@ -73,8 +77,9 @@ class Zone:
         - else discovery settles: at least `SETTLE_AFTER_START_S` after the node started,
           then until no node joined for `SETTLE_QUIET_S` (at most `SETTLE_MAX_S`).
 
-        The first two wait at most ``timeout`` ms (default `ZONE_WAIT_MS`), then return the
-        nodes found so far with a warning in the log.
+        ``count`` waits at most ``timeout`` ms (default `ZONE_WAIT_MS`); expected nodes,
+        ``timeout`` after the last one that joined (at most 4 times ``timeout``). Then it
+        returns the nodes found so far, with a warning in the log.
 
         Raises:
             NodeClosedError: ``node`` is not running.
@@ -107,9 +112,24 @@ class Zone:
                     count,
                 )
         elif expected:
-            if not await agent.wait_for(lambda ms: {m.name for m in ms} >= set(expected), wait_s):
-                missing = set(expected) - {m.name for m in agent.members.members()}
-                log.warning("Zone.nodes: still missing %s after %.0f s", sorted(missing), wait_s)
+            # A big zone on a slow machine starts its last nodes late: keep waiting while
+            # nodes keep joining, up to EXPECTED_WAIT_FACTOR times the timeout.
+            if not await agent.wait_for(
+                lambda ms: {m.name for m in ms} >= set(expected),
+                wait_s,
+                while_joining_s=wait_s * EXPECTED_WAIT_FACTOR,
+            ):
+                missing = sorted(set(expected) - {m.name for m in agent.members.members()})
+                shown = ", ".join(missing[:10]) + (
+                    f"... and {len(missing) - 10} more" if len(missing) > 10 else ""
+                )
+                log.warning(
+                    "Zone.nodes: %d expected node(s) still missing after %.0f s without a "
+                    "new one: %s",
+                    len(missing),
+                    wait_s,
+                    shown,
+                )
         else:
             await agent.wait_settled(SETTLE_AFTER_START_S, SETTLE_QUIET_S, SETTLE_MAX_S)
         found: list[Node | RemoteNode] = [

@@ -739,3 +739,23 @@ async def test_a_seed_given_by_name_is_dialled_at_every_address_the_name_has_now
     assert "tcp://127.0.0.1:7000" in endpoints
     assert len(endpoints) == len(set(endpoints))
     assert await resolve_seed("tcp://no-such-host.invalid:7000") == []
+
+
+async def test_waiting_while_members_join_extends_the_deadline_up_to_its_cap() -> None:
+    table = Membership("z", "me")
+    loop = asyncio.get_running_loop()
+
+    async def join_one_every(seconds: float, count: int) -> None:
+        for i in range(count):
+            await asyncio.sleep(seconds)  # members arriving slowly is the scenario
+            table.add(Member(f"n{i}", "z", f"tcp://127.0.0.1:{5000 + i}", 1, f"{i:08x}"), "t")
+
+    joining = asyncio.ensure_future(join_one_every(0.15, 5))
+    began = loop.time()
+    # 0.3 s after the last join, 2 s in all: the five joins 0.15 s apart all count.
+    assert await table.wait_for(lambda ms: len(ms) == 5, 0.3, while_joining_s=2.0)
+    await joining
+    assert loop.time() - began >= 0.7
+    # Without it, the same wait gives up at 0.3 s.
+    late = Membership("z", "me")
+    assert not await late.wait_for(lambda ms: len(ms) == 5, 0.3)
