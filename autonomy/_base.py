@@ -58,10 +58,16 @@ def check_worker(worker: object) -> Worker:
     return worker  # type: ignore[return-value]
 
 
+NAMES_REMEMBERED: Final = 4096
+
+
 class NodeInterface(ABC):
     """The methods every node offers, local or remote (the user guide's API)."""
 
     __slots__ = ()
+    _names: set[str]
+    """Worker names this node's callers used that passed `check_name` (each subclass
+    makes the set)."""
 
     @property
     @abstractmethod
@@ -126,7 +132,8 @@ class NodeInterface(ABC):
                 the next one after it was stopped).
             ReplyTimeoutError: the worker's mailbox stayed full for ``timeout`` ms.
         """
-        check_name(name)
+        if type(name) is not str or name not in self._names:
+            self._check_name(name)
         check_message(message, self.max_frame_bytes)
         await self._do_send(name, message, timeout_seconds(timeout))
 
@@ -150,9 +157,19 @@ class NodeInterface(ABC):
             PeerUnavailableError: (remote) the node died, left or cannot be reached.
             ReplyTimeoutError: no reply within ``timeout`` (an ``asyncio.TimeoutError``).
         """
-        check_name(name)
+        if type(name) is not str or name not in self._names:
+            self._check_name(name)
         check_message(message, self.max_frame_bytes)
         return await self._do_request(name, message, timeout_seconds(timeout))
+
+    def _check_name(self, name: object) -> None:
+        """Validate a worker name once: the names that passed are remembered (a few
+        thousand at most), so that a hot path checks a set instead."""
+        check_name(name)
+        names = self._names
+        if len(names) >= NAMES_REMEMBERED:
+            names.clear()
+        names.add(name)  # type: ignore[arg-type]
 
     @abstractmethod
     async def _do_start_worker(self, name: str, worker: Worker) -> None: ...

@@ -165,7 +165,8 @@ class Mailbox:
         loop = asyncio.get_running_loop()
         handle = self.worker.handle_message
         clock = time.perf_counter
-        observe = self.seconds.observe
+        seconds = self.seconds
+        buckets = seconds.counts
         while True:
             if not queue:
                 if self._stopping:
@@ -215,7 +216,9 @@ class Mailbox:
                     channel.set_exception(NoReplyError(self.name, self.owner.name))
             context._state = _CLOSED
             self.handled += 1
-            observe(clock() - began)
+            took = clock() - began
+            buckets[bisect_left(HANDLER_BUCKETS_S, took)] += 1
+            seconds.sum += took
             credit = context._credit
             if credit is not None:
                 credit.handled(not queue)
@@ -274,21 +277,22 @@ class Mailbox:
 class Workers:
     """One node's worker registry: a `Mailbox` per worker name."""
 
-    __slots__ = ("_mailboxes", "_owner", "mailbox_size")
+    __slots__ = ("_owner", "by_name", "mailbox_size")
 
     def __init__(self, owner: Owner, mailbox_size: int = MAILBOX_SIZE) -> None:
         self._owner = owner
         self.mailbox_size = mailbox_size
-        self._mailboxes: dict[str, Mailbox] = {}
+        self.by_name: dict[str, Mailbox] = {}
+        """The mailboxes by worker name (read-only for others: a lookup on the hot path)."""
 
     def __len__(self) -> int:
-        return len(self._mailboxes)
+        return len(self.by_name)
 
     def get(self, name: str) -> Mailbox | None:
-        return self._mailboxes.get(name)
+        return self.by_name.get(name)
 
     def mailboxes(self) -> list[Mailbox]:
-        return list(self._mailboxes.values())
+        return list(self.by_name.values())
 
     def add(self, name: str, worker: Worker) -> None:
         """Start ``worker`` under ``name``.
@@ -296,10 +300,10 @@ class Workers:
         Raises:
             WorkerExistsError: a worker of that name runs already.
         """
-        if name in self._mailboxes:
+        if name in self.by_name:
             raise WorkerExistsError(name, self._owner.name)
         mailbox = Mailbox(self._owner, name, worker, self.mailbox_size)
-        self._mailboxes[name] = mailbox
+        self.by_name[name] = mailbox
         mailbox.start()
         log.debug("worker %r started on node %r", name, self._owner.name)
 
@@ -309,20 +313,20 @@ class Workers:
         Raises:
             WorkerNotFoundError: no worker of that name runs.
         """
-        mailbox = self._mailboxes.pop(name, None)
+        mailbox = self.by_name.pop(name, None)
         if mailbox is None:
             raise WorkerNotFoundError(name, self._owner.name)
         await mailbox.stop(grace_s)
         log.debug("worker %r stopped on node %r", name, self._owner.name)
 
     async def stop_all(self, grace_s: float) -> None:
-        mailboxes = list(self._mailboxes.values())
-        self._mailboxes.clear()
+        mailboxes = list(self.by_name.values())
+        self.by_name.clear()
         await asyncio.gather(*(mailbox.stop(grace_s) for mailbox in mailboxes))
 
     def describe(self) -> list[dict[str, Any]]:
         """``list_workers``: name, queued, handled and failed of each worker."""
         return [
             {"name": m.name, "queued": m.queued, "handled": m.handled, "failed": m.failed}
-            for m in self._mailboxes.values()
+            for m in self.by_name.values()
         ]

@@ -164,6 +164,7 @@ class Node(NodeInterface):
         self._started_at = 0.0
         self._state = NodeState.NEW
         self._workers = Workers(self, mailbox_size)
+        self._names: set[str] = set()
         self._remotes: dict[str, tuple[Link, RemoteNode]] = {}
         """Per endpoint, the `RemoteNode` handed out for its current link (``connect``)."""
         self._members: dict[str, RemoteNode] = {}
@@ -510,13 +511,17 @@ class Node(NodeInterface):
             raise ReplyTimeoutError(mailbox.name, timeout_s * 1000) from None
 
     async def _do_send(self, name: str, message: str, timeout_s: float) -> None:
-        mailbox = self._mailbox(name)
+        mailbox = self._workers.by_name.get(name)
+        if mailbox is None or self._state is not NodeState.RUNNING:
+            mailbox = self._mailbox(name)
         if not mailbox.has_room():
             await self._wait_room(mailbox, timeout_s)
         mailbox.put_nowait(message, None)
 
     async def _do_request(self, name: str, message: str, timeout_s: float) -> str:
-        mailbox = self._mailbox(name)
+        mailbox = self._workers.by_name.get(name)
+        if mailbox is None or self._state is not NodeState.RUNNING:
+            mailbox = self._mailbox(name)
         if not mailbox.has_room():
             await self._wait_room(mailbox, timeout_s)
         loop = self._loop

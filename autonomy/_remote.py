@@ -29,9 +29,10 @@ class RemoteNode(NodeInterface):
     Built by the framework (`Zone.nodes`, `Node.connect`); never constructed directly.
     """
 
-    __slots__ = ("_last", "_limit", "_link", "_name", "_zone")
+    __slots__ = ("_last", "_limit", "_link", "_name", "_names", "_zone")
 
     def __init__(self, zone: str, limit: int, name: str, link: Callable[[], Link]) -> None:
+        self._names: set[str] = set()
         self._zone = zone
         self._limit = limit
         self._name = name
