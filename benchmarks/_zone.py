@@ -1,7 +1,8 @@
 """What does a zone cost as it grows? Cold start, membership and idle cost against N nodes.
 
     python -m benchmarks zone [--sizes 10,30,60,100] [--runs K] [--idle-seconds S] [--quick]
-                              [--out DIR] [--stop-timeout S]
+                              [--steady-after S] [--wait-quiet S] [--stop-timeout S]
+                              [--out DIR]
 
 Each run is a cold start of a fresh zone of N nodes (1 main + N-1 runners, one process each)
 by the zone launcher, ``autonomy zone deploy DIR --exit-with main-pod-main``, on loopback:
@@ -18,7 +19,8 @@ Measured per run (the JSON's ``runs[].metrics``; medians over runs per size in `
   runner found, or its 30 s wait over); ``last_start_to_found_s``: from the last node's
   process start (``/proc/<pid>/stat``) until then; ``missing``: runners not in its answer.
 - then the zone settles: ``stats`` rounds (1 s apart, at most `SETTLE_MAX_S`) until every
-  node counts N-1 members. The last round opens the idle window of `--idle-seconds`:
+  node counts N-1 members and the cold start's gossip is over (`QUIET_MESSAGES_PER_NODE_S`).
+  The last round opens the idle window of ``--idle-seconds``:
 - ``idle_cpu_ms_per_s_*``: utime+stime of every node process over the window (median and
   max per node, and the zone's total); ``rss_mb_*``: VmRSS at its end; ``tcp_sockets_*``:
   TCP sockets each node process holds at its end (its ``/proc/<pid>/fd`` links to sockets
@@ -30,9 +32,13 @@ Measured per run (the JSON's ``runs[].metrics``; medians over runs per size in `
   returned (cold start) and over the idle window;
 - ``died_by_signal``: node processes whose exit (as the launcher reports it) was a signal,
   including those the launcher had to SIGKILL after its stop timeout: each is a bug, listed
-  in ``problems`` and on stderr.
+  in ``problems`` and on stderr;
+- ``steady_*`` (unless ``--steady-after 0``, as with ``--quick``): CPU and TCP sockets per
+  node over a second window of the same length, `STEADY_AFTER_S` after the first, once the
+  connections of the cold start went unused long enough to be closed.
 
-Everything started is killed and reaped at the end of each run, on failure and on Ctrl-C:
+Everything started is killed and reaped at the end of each run, on failure, on Ctrl-C and
+on SIGTERM:
 the launcher is asked to stop the zone (SIGTERM), then killed; its nodes die with it
 (``PR_SET_PDEATHSIG``), and any process left with the run's zone in its environment is killed.
 Writes ``zone-<time>.json``, ``zone-<time>.png`` and ``zone-<time>.log`` (every run's launcher
@@ -70,7 +76,6 @@ QUICK_SIZES: Final = (5, 10)
 QUICK_IDLE_S: Final = 3.0
 
 MAIN_NODE: Final = "main-pod-main"
-RUNNER_FILTER: Final = "runner"
 
 ZONE_NODES_WAIT_S: Final = 30.0
 """`Zone.nodes`' own wait (``ZONE_WAIT_MS``): the main answers within this after it started."""
@@ -96,6 +101,10 @@ STATS_DEADLINE_S: Final = 40.0
 STOP_GRACE_S: Final = 15.0
 """After ``exit``: how long beyond the launcher's stop timeout its zone may take to stop."""
 KILL_WAIT_S: Final = 10.0
+BUSY_PROBE_S: Final = 1.0
+BUSY_WARNING: Final = 0.25
+"""Before each launch the machine's CPU is watched for `BUSY_PROBE_S`; past this share busy
+(something else runs: a test suite, another zone) a warning says the numbers are noisy."""
 
 MDNS_GROUP: Final = "224.0.0.251"
 MDNS_PORT: Final = 5353
@@ -321,6 +330,26 @@ def machine_busy_ticks() -> int:
     return sum(values) - values[3] - values[4]  # less idle and iowait
 
 
+async def machine_busy_share(seconds: float) -> float:
+    """The share (0-1) of the machine's CPU time that was not idle over the next ``seconds``."""
+    before, at = machine_busy_ticks(), time.monotonic()
+    await asyncio.sleep(seconds)  # a measurement over a fixed time
+    elapsed = time.monotonic() - at
+    return (machine_busy_ticks() - before) / _HZ / (elapsed * (os.cpu_count() or 1))
+
+
+async def wait_quiet(timeout_s: float) -> float:
+    """Watch the machine's CPU for `BUSY_PROBE_S` at a time until less than `BUSY_WARNING` of
+    it is busy, at most ``timeout_s``; return the last share seen."""
+    deadline = time.monotonic() + timeout_s
+    busy = await machine_busy_share(BUSY_PROBE_S)
+    if busy > BUSY_WARNING and timeout_s > 0:
+        progress(f"  the machine is {busy:.0%} busy: waiting up to {timeout_s:g} s for quiet")
+        while busy > BUSY_WARNING and time.monotonic() < deadline:
+            busy = await machine_busy_share(BUSY_PROBE_S)
+    return busy
+
+
 def tcp_table(pid: int) -> dict[int, str]:
     """Socket inode → TCP state (hex, ``01`` established, ``0A`` listening) in the network
     namespace of ``pid``."""
@@ -510,7 +539,8 @@ class Launcher:
     pids: dict[str, int] = field(default_factory=dict)
     exits: dict[str, NodeExit] = field(default_factory=dict)
     trouble: list[str] = field(default_factory=list)
-    """Node output lines that look like a warning, an error or a traceback."""
+    """Lines that look like a warning, an error or a traceback (the nodes' and the
+    launcher's)."""
     stopping: bool = False
     _events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     _killing: set[str] = field(default_factory=set)
@@ -567,6 +597,8 @@ class Launcher:
             self.trouble.append(text)
 
     def _on_launcher_line(self, text: str) -> None:
+        if text.startswith(("autonomy: warning:", "autonomy: error:")):
+            self.trouble.append(text)
         if match := _STARTED_RE.match(text):
             self.pids[match["node"]] = int(match["pid"])
         elif match := _KILLING_RE.match(text):
@@ -787,6 +819,7 @@ class RunSpec:
     idle_s: float
     steady_after_s: float
     stop_timeout_s: float
+    wait_quiet_s: float
 
 
 async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
@@ -804,6 +837,9 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
     control = tmp / "control"
     write_zone(folder, zone, nodes, control)
     problems: list[str] = []
+    busy_before = await wait_quiet(spec.wait_quiet_s)
+    if busy_before > BUSY_WARNING:
+        progress(f"  {where}: the machine is {busy_before:.0%} busy before the launch: noise")
     loadavg = os.getloadavg()
     mdns = MdnsCounter(zone)
     launcher: Launcher | None = None
@@ -937,6 +973,7 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
     detail = {
         "launched_at": launched_at,
         "loadavg_at_launch": [round(x, 2) for x in loadavg],
+        "machine_busy_before_launch": round(busy_before, 3),
         "launch_to_last_start_s": round(last_start - launched_at, 3) if last_start else None,
         "main_exec_to_found_s": round(found_at - found["exec_at"], 3),
         "main_node_started_to_found_s": round(found_at - found["started_at"], 3),
@@ -1203,6 +1240,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"connections closed (default {STEADY_AFTER_S:g}; 0 skips it, as --quick does)",
     )
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"before each launch, wait up to this long for the machine to be less than "
+        f"{BUSY_WARNING:.0%} busy (other work on it makes the numbers noisy; default 0)",
+    )
+    parser.add_argument(
         "--stop-timeout",
         type=float,
         default=10.0,
@@ -1234,7 +1279,12 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
             progress(f"zone of {nodes} nodes, run {index}/{args.runs}: launching")
             try:
                 spec = RunSpec(
-                    nodes, index, args.idle_seconds, args.steady_after, args.stop_timeout
+                    nodes,
+                    index,
+                    args.idle_seconds,
+                    args.steady_after,
+                    args.stop_timeout,
+                    args.wait_quiet,
                 )
                 runs.append(await run_zone(spec, log))
             except ZoneBenchError as exc:
@@ -1265,6 +1315,7 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
             f"second since the round before (at most {SETTLE_MAX_S:g} s)",
             "quiet_messages_per_node_s": QUIET_MESSAGES_PER_NODE_S,
             "steady_after_s": args.steady_after,
+            "wait_quiet_s": args.wait_quiet,
             "cpu_clock_tick_s": 1 / _HZ,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
