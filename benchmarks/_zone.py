@@ -1,8 +1,8 @@
 """What does a zone cost as it grows? Cold start, membership and idle cost against N nodes.
 
     python -m benchmarks zone [--sizes 10,30,60,100] [--runs K] [--idle-seconds S] [--quick]
-                              [--steady-after S] [--wait-quiet S] [--stop-timeout S]
-                              [--out DIR]
+                              [--steady-after S] [--wait-quiet S] [--netns]
+                              [--stop-timeout S] [--out DIR]
 
 Each run is a cold start of a fresh zone of N nodes (1 main + N-1 runners, one process each)
 by the zone launcher, ``autonomy zone deploy DIR --exit-with main-pod-main``, on loopback:
@@ -37,6 +37,13 @@ Measured per run (the JSON's ``runs[].metrics``; medians over runs per size in `
   node over a second window of the same length, `STEADY_AFTER_S` after the first, once the
   connections of the cold start went unused long enough to be closed.
 
+Every autonomy node on a loopback browses the same mDNS service type, whatever its zone, so
+zones running meanwhile on the machine (a test suite, another benchmark) and this one cost
+each other: their cold starts make every node of this zone answer, and its cold start theirs.
+``--netns`` (root) runs each zone in a network namespace of its own, with its own loopback;
+the listener above then listens there. Other work on the machine still competes for its CPU:
+each run records how busy the machine was (``--wait-quiet S`` waits for it to calm first).
+
 Everything started is killed and reaped at the end of each run, on failure, on Ctrl-C and
 on SIGTERM:
 the launcher is asked to stop the zone (SIGTERM), then killed; its nodes die with it
@@ -50,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -60,11 +68,12 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from autonomy.cli._processes import describe_exit, pdeathsig_preexec
 
@@ -111,8 +120,13 @@ MDNS_PORT: Final = 5353
 # Linux socket options the socket module may not name.
 _IP_MULTICAST_ALL: Final = getattr(socket, "IP_MULTICAST_ALL", 49)
 _SO_RXQ_OVFL: Final = getattr(socket, "SO_RXQ_OVFL", 40)
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+_CLONE_NEWNET: Final = 0x40000000
 
 _HZ: Final = os.sysconf("SC_CLK_TCK")
+IP_COMMAND_TIMEOUT_S: Final = 10.0
+
+T = TypeVar("T")
 
 METRICS: Final = (
     "launch_to_found_s",
@@ -446,6 +460,66 @@ class ProcSnapshot:
         )
 
 
+# -- a network namespace per zone (--netns) ----------------------------------------------------
+
+
+async def _ip(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "ip",
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(IP_COMMAND_TIMEOUT_S):
+            _, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ZoneBenchError(f"`ip {' '.join(argv)}` did not finish in time") from None
+    if process.returncode:
+        raise ZoneBenchError(f"`ip {' '.join(argv)}` failed: {err.decode().strip()}")
+
+
+@contextlib.asynccontextmanager
+async def private_loopback(name: str) -> AsyncIterator[str]:
+    """A network namespace of its own with its loopback up: the zone's mDNS and TCP stay in
+    it, so other zones on the machine (a test suite, another benchmark) neither reach the
+    zone nor hear it. Deleted on the way out. Needs root."""
+    await _ip("netns", "add", name)
+    try:
+        await _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        await _ip("netns", "delete", name)
+
+
+def in_netns(name: str, make: Callable[[], T]) -> T:
+    """``make()`` called in a thread that entered the network namespace ``name``: a socket
+    it opens stays in that namespace (the calling thread never changes namespace)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{name}") as namespace:
+                if libc.setns(namespace.fileno(), _CLONE_NEWNET) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
+            result.append(make())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=inside, name=f"netns-{name}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 # -- mDNS --------------------------------------------------------------------------------------
 
 
@@ -456,16 +530,26 @@ class MdnsCounter:
     machine (a test suite running meanwhile) share the group, and only answers carry a zone.
     """
 
-    def __init__(self, zone: str) -> None:
+    def __init__(self, zone: str, netns: str | None = None) -> None:
+        """Listen on the loopback of this process, or of the network namespace ``netns``."""
         self.packets: list[tuple[float, int, bool]] = []
         self.dropped = 0
         """Packets the kernel dropped because this socket's buffer was full."""
         self._needle = f"zone={zone}".encode()
+        sock = self._listener() if netns is None else in_netns(netns, self._listener)
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
+
+    @staticmethod
+    def _listener() -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+            try:  # room for a cold start's burst: past net.core.rmem_max where allowed (root)
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 * 1024 * 1024)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
             with contextlib.suppress(OSError):  # Linux: only the groups this socket joined
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
             with contextlib.suppress(OSError):  # Linux: a count of drops with each packet
@@ -477,8 +561,7 @@ class MdnsCounter:
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
+        return sock
 
     def _read(self) -> None:
         while True:
@@ -547,8 +630,11 @@ class Launcher:
     _pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, folder: Path, control: Path, env: dict[str, str]) -> Launcher:
-        argv = [sys.executable, "-m", "autonomy", "zone", "deploy", str(folder)]
+    async def start(
+        cls, folder: Path, control: Path, env: dict[str, str], prefix: list[str]
+    ) -> Launcher:
+        """Start the launcher, behind ``prefix`` (``ip netns exec NAME``, which execs it)."""
+        argv = [*prefix, sys.executable, "-m", "autonomy", "zone", "deploy", str(folder)]
         argv += ["--exit-with", MAIN_NODE]
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -820,6 +906,7 @@ class RunSpec:
     steady_after_s: float
     stop_timeout_s: float
     wait_quiet_s: float
+    netns: bool
 
 
 async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
@@ -828,9 +915,16 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
     Raises:
         ZoneBenchError: the run could not be measured (what was seen is in the message).
     """
+    zone = f"zb-{secrets.token_hex(4)}"
+    if not spec.netns:
+        return await _run_zone(spec, zone, None, log)
+    async with private_loopback(zone) as netns:
+        return await _run_zone(spec, zone, netns, log)
+
+
+async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str]) -> dict[str, Any]:
     nodes, run = spec.nodes, spec.run
     where = f"N={nodes} run {run}"
-    zone = f"zb-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="autonomy-zonebench-"))
     folder = tmp / zone
     folder.mkdir()
@@ -841,11 +935,12 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
     if busy_before > BUSY_WARNING:
         progress(f"  {where}: the machine is {busy_before:.0%} busy before the launch: noise")
     loadavg = os.getloadavg()
-    mdns = MdnsCounter(zone)
+    mdns = MdnsCounter(zone, netns)
     launcher: Launcher | None = None
     launched_at = time.time()
     try:
-        launcher = await Launcher.start(folder, control, _zone_env(tmp))
+        prefix = ["ip", "netns", "exec", netns] if netns is not None else []
+        launcher = await Launcher.start(folder, control, _zone_env(tmp), prefix)
         budget = START_BUDGET_S + START_BUDGET_PER_NODE_S * nodes + ZONE_NODES_WAIT_S
         found = await launcher.event("found", budget)
         progress(
@@ -905,7 +1000,8 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
         finally:
             strays = await kill_zone_strays(zone)
             mdns.close()
-            log.append(f"=== {where} zone {zone} (launched at {launched_at:.3f})")
+            inside = f" in network namespace {netns}" if netns else ""
+            log.append(f"=== {where} zone {zone}{inside} (launched at {launched_at:.3f})")
             log.extend(launcher.log if launcher is not None else [])
             shutil.rmtree(tmp, ignore_errors=True)
     if strays:
@@ -1248,6 +1344,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{BUSY_WARNING:.0%} busy (other work on it makes the numbers noisy; default 0)",
     )
     parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run each zone in a network namespace of its own (root): its loopback is then "
+        "its alone, and no other zone's mDNS on this machine reaches it",
+    )
+    parser.add_argument(
         "--stop-timeout",
         type=float,
         default=10.0,
@@ -1261,6 +1363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_seconds = QUICK_IDLE_S if args.quick else 10.0
     if args.steady_after is None:
         args.steady_after = 0.0 if args.quick else STEADY_AFTER_S
+    if args.netns and (os.geteuid() != 0 or shutil.which("ip") is None):
+        parser.error("--netns needs root and the `ip` command")
     if args.runs < 1 or args.idle_seconds <= 0 or args.steady_after < 0:
         parser.error("--runs must be 1 or more and --idle-seconds positive")
     return args
@@ -1285,6 +1389,7 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
                     args.steady_after,
                     args.stop_timeout,
                     args.wait_quiet,
+                    args.netns,
                 )
                 runs.append(await run_zone(spec, log))
             except ZoneBenchError as exc:
@@ -1308,7 +1413,8 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
             "launcher": f"autonomy zone deploy DIR --exit-with {MAIN_NODE} --timeout "
             f"{args.stop_timeout:g}",
             "zone": "1 main + N-1 runners (Node.start()), one process each, CURVE (default), "
-            "bound to 127.0.0.1, mDNS on 127.0.0.1",
+            "bound to 127.0.0.1, mDNS on 127.0.0.1"
+            + (", each zone in a network namespace of its own" if args.netns else ""),
             "zone_nodes_wait_s": ZONE_NODES_WAIT_S,
             "settle": f"stats rounds every {SETTLE_POLL_S:g} s until every node counts N-1 "
             f"members and the zone sent < {QUIET_MESSAGES_PER_NODE_S:g} message per node and "
@@ -1316,6 +1422,7 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
             "quiet_messages_per_node_s": QUIET_MESSAGES_PER_NODE_S,
             "steady_after_s": args.steady_after,
             "wait_quiet_s": args.wait_quiet,
+            "netns": args.netns,
             "cpu_clock_tick_s": 1 / _HZ,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
