@@ -1248,22 +1248,30 @@ _PANELS: Final = (
 )
 
 
+def _label(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def plot(path: Path, result: dict[str, Any]) -> None:
     """One panel per metric against N: each run a dot, the median over runs a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     sizes = sorted(int(n) for n in result["sizes"])
     fig, axes = plt.subplots(3, 3, figsize=(16, 12))
-    from matplotlib.ticker import MaxNLocator
-
-    colors = ("#1f77b4", "#d62728", "#1f77b4", "#d62728")
-    styles = ("-", "-", "--", "--")
+    # Per series of a panel: colour, line style, where its labels go (above, below).
+    looks = (
+        ("#1f77b4", "-", 6),
+        ("#d62728", "-", -13),
+        ("#17becf", "--", 6),
+        ("#ff7f0e", "--", -13),
+    )
     for ax, (title, series) in zip(axes.flat, _PANELS, strict=True):
         top = 0.0
-        for color, style, (metric, label) in zip(colors, styles, series, strict=False):
+        for (color, style, offset), (metric, label) in zip(looks, series, strict=False):
             if metric not in result["sizes"][str(sizes[0])]["median"]:
                 continue
             xs, ys = [], []
@@ -1279,10 +1287,10 @@ def plot(path: Path, result: dict[str, Any]) -> None:
             ax.plot(xs, ys, style, color=color, label=label, lw=1.8)
             for x, y in zip(xs, ys, strict=True):
                 ax.annotate(
-                    f"{y:.3g}",
+                    _label(y),
                     (x, y),
                     textcoords="offset points",
-                    xytext=(0, 6),
+                    xytext=(0, offset if y > top * 0.1 else abs(offset)),  # not under the axis
                     ha="center",
                     fontsize=8,
                     color=color,
@@ -1297,14 +1305,20 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     axes.flat[0].axhline(ZONE_NODES_WAIT_S, color="gray", ls="--", lw=0.8)
     machine = result["machine"]
     params = result["params"]
-    fig.suptitle(
-        f"autonomy zone scale: 1 main + N-1 runners by `autonomy zone deploy`, one process each "
-        f"on loopback; {machine['cores']} cores ({machine['cpu']}), Python {machine['python']}; "
-        f"idle window {params['idle_seconds']:g} s, {params['runs']} run(s) per N "
-        "(dots: runs, line: median)",
-        fontsize=10,
+    steady = (
+        f"; dashed: steady state, {params['steady_after_s']:g} s later"
+        if params["steady_after_s"]
+        else ""
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    where = "each zone in its own network namespace" if params["netns"] else "shared loopback"
+    fig.suptitle(
+        f"autonomy zone scale: 1 main + N-1 runners by `autonomy zone deploy`, one process each, "
+        f"{where}; {machine['cores']} cores ({machine['cpu']}), Python {machine['python']}\n"
+        f"{params['runs']} run(s) per N (dots: runs, lines: medians); idle window of "
+        f"{params['idle_seconds']:g} s once the zone settled{steady}",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
