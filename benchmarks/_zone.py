@@ -925,20 +925,22 @@ async def run_zone(spec: RunSpec, log: list[str]) -> dict[str, Any]:
 async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str]) -> dict[str, Any]:
     nodes, run = spec.nodes, spec.run
     where = f"N={nodes} run {run}"
-    tmp = Path(tempfile.mkdtemp(prefix="autonomy-zonebench-"))
-    folder = tmp / zone
-    folder.mkdir()
-    control = tmp / "control"
-    write_zone(folder, zone, nodes, control)
     problems: list[str] = []
     busy_before = await wait_quiet(spec.wait_quiet_s)
     if busy_before > BUSY_WARNING:
         progress(f"  {where}: the machine is {busy_before:.0%} busy before the launch: noise")
     loadavg = os.getloadavg()
-    mdns = MdnsCounter(zone, netns)
+    tmp = Path(tempfile.mkdtemp(prefix="autonomy-zonebench-"))
+    mdns: MdnsCounter | None = None
     launcher: Launcher | None = None
     launched_at = time.time()
     try:
+        folder = tmp / zone
+        folder.mkdir()
+        control = tmp / "control"
+        write_zone(folder, zone, nodes, control)
+        mdns = MdnsCounter(zone, netns)
+        launched_at = time.time()
         prefix = ["ip", "netns", "exec", netns] if netns is not None else []
         launcher = await Launcher.start(folder, control, _zone_env(tmp), prefix)
         budget = START_BUDGET_S + START_BUDGET_PER_NODE_S * nodes + ZONE_NODES_WAIT_S
@@ -999,7 +1001,8 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
                 await launcher.close(spec.stop_timeout_s)
         finally:
             strays = await kill_zone_strays(zone)
-            mdns.close()
+            if mdns is not None:
+                mdns.close()
             inside = f" in network namespace {netns}" if netns else ""
             log.append(f"=== {where} zone {zone}{inside} (launched at {launched_at:.3f})")
             log.extend(launcher.log if launcher is not None else [])
