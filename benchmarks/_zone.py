@@ -1345,7 +1345,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=1, help="cold starts per size (default 1)")
     parser.add_argument("--idle-seconds", type=float, help="the idle window (default 10, quick 3)")
-    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, short idle")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sizes {','.join(map(str, QUICK_SIZES))}, a {QUICK_IDLE_S:g} s idle window, no "
+        "steady window (~20 s)",
+    )
     parser.add_argument(
         "--steady-after",
         type=float,
@@ -1358,7 +1363,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help=f"before each launch, wait up to this long for the machine to be less than "
-        f"{BUSY_WARNING:.0%} busy (other work on it makes the numbers noisy; default 0)",
+        f"{BUSY_WARNING * 100:.0f}%% busy (other work on it makes the numbers noisy; default 0)",
     )
     parser.add_argument(
         "--netns",
