@@ -163,6 +163,13 @@ STEADY_METRICS: Final = (
 class ZoneBenchError(RuntimeError):
     """A run could not be measured: the launcher or the main did not do what it should."""
 
+    deaths: list[dict[str, Any]]
+    """The zone's nodes that died by a signal, as far as the launcher said (often the why)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.deaths = []
+
 
 # -- the zone folder ---------------------------------------------------------------------------
 
@@ -740,11 +747,16 @@ class Launcher:
         return code
 
     async def close(self, stop_timeout_s: float) -> None:
-        """Stop the zone if it still runs (SIGTERM to the launcher, then SIGKILL)."""
+        """Stop the zone if it still runs (SIGTERM to the launcher, then SIGKILL).
+
+        Once the main exited, the launcher is stopping the zone already: a SIGTERM now would
+        be its second, which kills every node at once.
+        """
         self.stopping = True
         if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+            if MAIN_NODE not in self.exits:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGTERM)
             if await self.wait(stop_timeout_s + STOP_GRACE_S) is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -933,6 +945,7 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
     tmp = Path(tempfile.mkdtemp(prefix="autonomy-zonebench-"))
     mdns: MdnsCounter | None = None
     launcher: Launcher | None = None
+    failure: ZoneBenchError | None = None
     launched_at = time.time()
     try:
         folder = tmp / zone
@@ -995,10 +1008,15 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
             problems.append(f"{where}: the zone did not stop in time")
         elif code != 0:
             problems.append(f"{where}: the launcher exited with status {code}")
+    except ZoneBenchError as exc:
+        failure = exc
+        raise
     finally:
         try:
             if launcher is not None:
                 await launcher.close(spec.stop_timeout_s)
+                if failure is not None:
+                    failure.deaths = _deaths(launcher)
         finally:
             strays = await kill_zone_strays(zone)
             if mdns is not None:
@@ -1415,10 +1433,13 @@ async def run(args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
                 )
                 runs.append(await run_zone(spec, log))
             except ZoneBenchError as exc:
-                failure = f"N={nodes} run {index}: not measured: {exc}"
-                progress(f"PROBLEM: {failure}")
-                failures.append(failure)
-                runs.append({"nodes": nodes, "run": index, "error": str(exc)})
+                where = f"N={nodes} run {index}"
+                lines = [f"{where}: not measured: {exc}"]
+                lines += [f"{where}: {d['node']} {d['exit']} ({d['when']})" for d in exc.deaths]
+                for line in lines:
+                    progress(f"PROBLEM: {line}")
+                failures += lines
+                runs.append({"nodes": nodes, "run": index, "error": str(exc), "deaths": exc.deaths})
     try:
         import uvloop
 
