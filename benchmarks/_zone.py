@@ -33,9 +33,11 @@ Measured per run (the JSON's ``runs[].metrics``; medians over runs per size in `
 - ``died_by_signal``: node processes whose exit (as the launcher reports it) was a signal,
   including those the launcher had to SIGKILL after its stop timeout: each is a bug, listed
   in ``problems`` and on stderr;
-- ``steady_*`` (unless ``--steady-after 0``, as with ``--quick``): CPU and TCP sockets per
-  node over a second window of the same length, `STEADY_AFTER_S` after the first, once the
-  connections of the cold start went unused long enough to be closed.
+- ``steady_*`` (unless ``--steady-after 0``, as with ``--quick``): CPU, TCP sockets and
+  messages per node over a second window of the same length, `STEADY_AFTER_S` after the
+  first, once the connections of the cold start went unused long enough to be closed. Its
+  sockets are counted before the stats round that opens it (which connects the main to
+  every runner again).
 
 Every autonomy node on a loopback browses the same mDNS service type, whatever its zone, so
 zones running meanwhile on the machine (a test suite, another benchmark) and this one cost
@@ -78,6 +80,13 @@ from typing import Any, Final, TypeVar
 from autonomy.cli._processes import describe_exit, pdeathsig_preexec
 
 from ._common import PACKAGE_ROOT, machine_info, median, progress, rss_kb
+from ._zone_report import (
+    METRICS,
+    STEADY_METRICS,
+    human_table,
+    plot,
+    summarize_sizes,
+)
 
 DEFAULT_OUT: Final = PACKAGE_ROOT / "benchmarks" / "results"
 DEFAULT_SIZES: Final = (10, 30, 60, 100)
@@ -88,6 +97,7 @@ MAIN_NODE: Final = "main-pod-main"
 
 ZONE_NODES_WAIT_S: Final = 30.0
 """`Zone.nodes`' own wait (``ZONE_WAIT_MS``): the main answers within this after it started."""
+
 LATE_WAIT_S: Final = 60.0
 """When runners were missing, how much longer the main waits to see whether they come late."""
 START_BUDGET_S: Final = 60.0
@@ -127,37 +137,6 @@ _HZ: Final = os.sysconf("SC_CLK_TCK")
 IP_COMMAND_TIMEOUT_S: Final = 10.0
 
 T = TypeVar("T")
-
-METRICS: Final = (
-    "launch_to_found_s",
-    "last_start_to_found_s",
-    "missing",
-    "idle_cpu_ms_per_s_median",
-    "idle_cpu_ms_per_s_max",
-    "idle_cpu_ms_per_s_zone",
-    "rss_mb_median",
-    "rss_mb_max",
-    "tcp_sockets_median",
-    "tcp_sockets_max",
-    "messages_per_s_median",
-    "messages_per_s_max",
-    "messages_per_s_zone",
-    "mdns_cold_start_packets",
-    "mdns_cold_start_bytes",
-    "mdns_idle_packets",
-    "mdns_idle_bytes",
-    "died_by_signal",
-)
-"""Every run reports each of these (the smoke test checks them all, for every size)."""
-
-STEADY_METRICS: Final = (
-    "steady_cpu_ms_per_s_median",
-    "steady_cpu_ms_per_s_max",
-    "steady_cpu_ms_per_s_zone",
-    "steady_tcp_sockets_median",
-    "steady_tcp_sockets_max",
-)
-"""...and these too, unless ``--steady-after 0`` (``--quick``) skips the second window."""
 
 
 class ZoneBenchError(RuntimeError):
@@ -255,15 +234,17 @@ async def ask(runner):
 
 
 async def stats_round(node, runners, tag):
+    """Every runner's counters, then this node's own: they count the round's calls (and
+    the hellos of any connection the round had to open again) already."""
     began = time.time()
-    nodes = {node.name: {**counters(await node.stats()), "at": time.time()}}
     answers = await asyncio.gather(*(ask(runner) for runner in runners), return_exceptions=True)
-    errors = {}
+    nodes, errors = {}, {}
     for runner, answer in zip(runners, answers):
         if isinstance(answer, Exception):
             errors[runner.name] = f"{type(answer).__name__}: {answer}"
         else:
             nodes[runner.name] = answer
+    nodes[node.name] = {**counters(await node.stats()), "at": time.time()}
     emit("stats", tag=tag, began=began, ended=time.time(), asked=len(runners), nodes=nodes,
          errors=errors)
 
@@ -831,18 +812,18 @@ def message_rates(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float
 
     A runner answers a STATS after counting the request and before sending the reply: its
     counters moved by one reply (of the first round) and one request (of the second). The
-    main reads its own counters first in each round, then asks: its counters moved by the
-    first round's requests and replies.
+    main asks first and reads its own counters last in each round: its counters moved by
+    the second round's requests and replies.
     """
     rates: dict[str, float | None] = {}
-    replies = len(start["nodes"]) - 1
+    replies = len(end["nodes"]) - 1
     for name, before in start["nodes"].items():
         after = end["nodes"].get(name)
         if after is None:
             rates[name] = None
             continue
         moved = after["sent"] - before["sent"] + after["received"] - before["received"]
-        ours = start["asked"] + replies if name == MAIN_NODE else 2
+        ours = end["asked"] + replies if name == MAIN_NODE else 2
         seconds = after["at"] - before["at"]
         rates[name] = round((moved - ours) / seconds, 3) if seconds > 0 else None
     return rates
@@ -888,15 +869,22 @@ class Window:
         }
 
     @classmethod
-    async def measure(cls, pids: dict[str, int], launcher: int, seconds: float) -> Window:
+    async def measure(
+        cls,
+        pids: dict[str, int],
+        launcher: int,
+        seconds: float,
+        tcp: dict[str, dict[str, int]] | None = None,
+    ) -> Window:
+        """CPU over the next ``seconds``, RSS at their end, and TCP sockets then (or the
+        counts ``tcp`` taken earlier)."""
         before = ProcSnapshot.take(pids, launcher)
         await asyncio.sleep(seconds)  # the window itself: nothing happens, by design
         after = ProcSnapshot.take(pids, launcher)
-        table = tcp_table(launcher)
+        tcp = tcp or tcp_counts(pids, launcher)
         nodes: dict[str, dict[str, Any]] = {}
         for name, pid in pids.items():
             t0, t1 = before.ticks[name], after.ticks[name]
-            inodes = socket_inodes(pid)
             nodes[name] = {
                 "cpu_ms_per_s": (
                     round((t1 - t0) / _HZ * 1000 / (after.at - before.at), 3)
@@ -904,10 +892,23 @@ class Window:
                     else None
                 ),
                 "rss_mb": round(rss_kb(pid) / 1024, 1) or None,
-                "tcp_sockets": sum(1 for inode in inodes if inode in table),
-                "tcp_established": sum(1 for inode in inodes if table.get(inode) == "01"),
+                **tcp[name],
             }
         return cls(before, after, nodes)
+
+
+def tcp_counts(pids: dict[str, int], launcher: int) -> dict[str, dict[str, int]]:
+    """Per node: the TCP sockets its process holds (``tcp_sockets``, the listener included)
+    and how many of them are connected (``tcp_established``)."""
+    table = tcp_table(launcher)
+    counts = {}
+    for name, pid in pids.items():
+        inodes = socket_inodes(pid)
+        counts[name] = {
+            "tcp_sockets": sum(1 for inode in inodes if inode in table),
+            "tcp_established": sum(1 for inode in inodes if table.get(inode) == "01"),
+        }
+    return counts
 
 
 @dataclass
@@ -990,14 +991,20 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
         )
         idle = await Window.measure(pids, launcher.process.pid, spec.idle_s)
         closing = await launcher.stats("end")
-        steady = None
+        steady = steady_rates = None
+        steady_rounds: list[dict[str, Any]] = []
         if spec.steady_after_s > 0:
             progress(
                 f"  {where}: {spec.steady_after_s:g} s for idle links to close, then "
                 f"{spec.idle_s:g} s more"
             )
             await asyncio.sleep(spec.steady_after_s)  # a time-out of the library's to pass
-            steady = await Window.measure(pids, launcher.process.pid, spec.idle_s)
+            # Sockets first: the stats round opens the main's connections to the runners again.
+            tcp = tcp_counts(pids, launcher.process.pid)
+            steady_rounds.append(await launcher.stats("steady-start"))
+            steady = await Window.measure(pids, launcher.process.pid, spec.idle_s, tcp)
+            steady_rounds.append(await launcher.stats("steady-end"))
+            steady_rates = message_rates(*steady_rounds)
 
         stop_began = time.time()
         launcher.stopping = True
@@ -1032,7 +1039,7 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
     unreported = sorted(set(pids) - set(launcher.exits))
     if unreported:
         problems.append(f"{where}: the launcher reported no exit for {len(unreported)} node(s)")
-    errors = {**opening["errors"], **closing["errors"]}
+    errors = {k: v for r in (opening, closing, *steady_rounds) for k, v in r["errors"].items()}
     if errors:
         problems.append(
             f"{where}: stats() failed for {len(errors)} node(s): {next(iter(errors.values()))}"
@@ -1044,9 +1051,10 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
         info["started_at"] = starts[name]
         info["messages_per_s"] = rates.get(name)
         info["members"] = closing["nodes"].get(name, {}).get("members")
-        if steady is not None:
+        if steady is not None and steady_rates is not None:
             for key in ("cpu_ms_per_s", "rss_mb", "tcp_sockets", "tcp_established"):
                 info[f"steady_{key}"] = steady.nodes[name][key]
+            info["steady_messages_per_s"] = steady_rates.get(name)
     found_at = found["found_at"]
     known_starts = [s for s in starts.values() if s is not None]
     last_start = max(known_starts) if known_starts else None
@@ -1078,14 +1086,18 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
         "mdns_idle_bytes": quiet["bytes"],
         "died_by_signal": len(deaths),
     }
-    if steady is not None:
+    if steady is not None and steady_rates is not None:
         steady_cpu, steady_tcp = steady.summary("cpu_ms_per_s"), steady.summary("tcp_sockets")
+        steady_messages = _summary(steady_rates.values())
         metrics |= {
             "steady_cpu_ms_per_s_median": steady_cpu["median"],
             "steady_cpu_ms_per_s_max": steady_cpu["max"],
             "steady_cpu_ms_per_s_zone": steady.zone_cpu_ms_per_s(),
             "steady_tcp_sockets_median": steady_tcp["median"],
             "steady_tcp_sockets_max": steady_tcp["max"],
+            "steady_messages_per_s_median": steady_messages["median"],
+            "steady_messages_per_s_max": steady_messages["max"],
+            "steady_messages_per_s_zone": steady_messages["total"],
         }
     detail = {
         "launched_at": launched_at,
@@ -1108,8 +1120,10 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
         else {
             "starts_after_idle_window_s": round(steady.before.at - idle.after.at, 1),
             **steady.describe(),
+            "messages_per_s": _summary((steady_rates or {}).values()),
             "mdns": mdns.between(steady.before.at, steady.after.at),
         },
+        "rounds": {r["tag"]: _round_summary(r) for r in (opening, closing, *steady_rounds)},
         "mdns_cold_start": cold,
         "mdns_idle": {**quiet, "packets_per_s": round(quiet["packets"] / idle.seconds, 2)},
         "mdns_dropped_by_listener": mdns.dropped,
@@ -1130,6 +1144,19 @@ async def _run_zone(spec: RunSpec, zone: str, netns: str | None, log: list[str])
         "metrics": metrics,
         "detail": detail,
         "problems": problems,
+    }
+
+
+def _round_summary(event: dict[str, Any]) -> dict[str, Any]:
+    """What one stats round saw of the zone: members (each node's count) and links."""
+    nodes = event["nodes"].values()
+    return {
+        "at": event["began"],
+        "answered": len(event["nodes"]),
+        "errors": len(event["errors"]),
+        "members": _summary(each["members"] for each in nodes),
+        "dialed": _summary(each["dialed"] for each in nodes),
+        "accepted": _summary(each["accepted"] for each in nodes),
     }
 
 
@@ -1158,190 +1185,6 @@ def _deaths(launcher: Launcher) -> list[dict[str, Any]]:
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
-
-
-def summarize_sizes(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per size: every metric's median over its runs, and each run's value."""
-    sizes: dict[str, Any] = {}
-    for nodes in sorted({run["nodes"] for run in runs}):
-        mine = [run for run in runs if run["nodes"] == nodes and "metrics" in run]
-        names = [*METRICS, *(m for m in STEADY_METRICS if any(m in r["metrics"] for r in mine))]
-        per_run = {m: [run["metrics"].get(m) for run in mine] for m in names}
-        medians = {}
-        for metric, values in per_run.items():
-            present = [v for v in values if v is not None]
-            medians[metric] = round(median(present), 3) if present else None
-        sizes[str(nodes)] = {"runs": len(mine), "median": medians, "per_run": per_run}
-    return sizes
-
-
-def human_table(result: dict[str, Any]) -> str:
-    """One row per size (medians over runs), for stderr."""
-    header = (
-        f"{'N':>4} {'runs':>4} {'found s':>13} {'miss':>4} {'idle CPU ms/s':>20} "
-        f"{'RSS MB':>11} {'TCP':>7} {'msgs/s':>18} {'mDNS pkts':>13} {'sig':>3}"
-    )
-    lines = [
-        header,
-        f"{'':>4} {'':>4} {'launch/last':>13} {'':>4} {'median/max/zone':>20} "
-        f"{'median/max':>11} {'med/max':>7} {'median/max/zone':>18} {'cold/idle':>13}",
-    ]
-
-    def fmt(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    for nodes, entry in result["sizes"].items():
-        m = entry["median"]
-
-        def pair(a: str, b: str, spec: str, m: dict[str, Any] = m) -> str:
-            return f"{fmt(m[a], spec)}/{fmt(m[b], spec)}"
-
-        found = pair("launch_to_found_s", "last_start_to_found_s", ".1f")
-        cpu = pair("idle_cpu_ms_per_s_median", "idle_cpu_ms_per_s_max", ".1f")
-        cpu += "/" + fmt(m["idle_cpu_ms_per_s_zone"], ".0f")
-        messages = pair("messages_per_s_median", "messages_per_s_max", ".2f")
-        messages += "/" + fmt(m["messages_per_s_zone"], ".1f")
-        lines.append(
-            f"{nodes:>4} {entry['runs']:>4} {found:>13} {fmt(m['missing'], '.0f'):>4} "
-            f"{cpu:>20} {pair('rss_mb_median', 'rss_mb_max', '.1f'):>11} "
-            f"{pair('tcp_sockets_median', 'tcp_sockets_max', '.0f'):>7} {messages:>18} "
-            f"{pair('mdns_cold_start_packets', 'mdns_idle_packets', '.0f'):>13} "
-            f"{fmt(m['died_by_signal'], '.0f'):>3}"
-        )
-    steady = [
-        (nodes, entry["median"])
-        for nodes, entry in result["sizes"].items()
-        if "steady_cpu_ms_per_s_zone" in entry["median"]
-    ]
-    if steady:
-        after = result["params"]["steady_after_s"]
-        lines.append(f"steady state ({after:g} s after the idle window, idle links closed):")
-        lines.append(f"{'N':>4} {'CPU ms/s median/max/zone':>26} {'TCP med/max':>12}")
-        for nodes, m in steady:
-            cpu = "/".join(
-                fmt(m[f"steady_cpu_ms_per_s_{k}"], spec)
-                for k, spec in (("median", ".1f"), ("max", ".1f"), ("zone", ".0f"))
-            )
-            tcp = f"{fmt(m['steady_tcp_sockets_median'], '.0f')}/"
-            tcp += fmt(m["steady_tcp_sockets_max"], ".0f")
-            lines.append(f"{nodes:>4} {cpu:>26} {tcp:>12}")
-    return "\n".join(lines)
-
-
-_PANELS: Final = (
-    (
-        "cold start: until Zone.nodes answered (s)",
-        [("launch_to_found_s", "from launch"), ("last_start_to_found_s", "from last start")],
-    ),
-    ("runners missing from Zone.nodes (30 s wait)", [("missing", "missing")]),
-    (
-        "idle CPU per node (ms of CPU per s)",
-        [
-            ("idle_cpu_ms_per_s_median", "median"),
-            ("idle_cpu_ms_per_s_max", "max"),
-            ("steady_cpu_ms_per_s_median", "median, steady"),
-            ("steady_cpu_ms_per_s_max", "max, steady"),
-        ],
-    ),
-    (
-        "idle CPU of the whole zone (ms/s)",
-        [("idle_cpu_ms_per_s_zone", "sum of nodes"), ("steady_cpu_ms_per_s_zone", "steady")],
-    ),
-    ("RSS per node (MB)", [("rss_mb_median", "median"), ("rss_mb_max", "max")]),
-    (
-        "TCP sockets per node (listener included)",
-        [
-            ("tcp_sockets_median", "median"),
-            ("tcp_sockets_max", "max"),
-            ("steady_tcp_sockets_median", "median, steady"),
-            ("steady_tcp_sockets_max", "max, steady"),
-        ],
-    ),
-    (
-        "ZeroMQ messages per node, idle (sent+received /s)",
-        [("messages_per_s_median", "median"), ("messages_per_s_max", "max")],
-    ),
-    (
-        "mDNS packets on loopback",
-        [("mdns_cold_start_packets", "cold start"), ("mdns_idle_packets", "idle window")],
-    ),
-    ("node processes that died by a signal", [("died_by_signal", "died by a signal")]),
-)
-
-
-def _label(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
-def plot(path: Path, result: dict[str, Any]) -> None:
-    """One panel per metric against N: each run a dot, the median over runs a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    sizes = sorted(int(n) for n in result["sizes"])
-    fig, axes = plt.subplots(3, 3, figsize=(16, 12))
-    # Per series of a panel: colour, line style, where its labels go (above, below).
-    looks = (
-        ("#1f77b4", "-", 6),
-        ("#d62728", "-", -13),
-        ("#17becf", "--", 6),
-        ("#ff7f0e", "--", -13),
-    )
-    for ax, (title, series) in zip(axes.flat, _PANELS, strict=True):
-        top = 0.0
-        for (color, style, offset), (metric, label) in zip(looks, series, strict=False):
-            if metric not in result["sizes"][str(sizes[0])]["median"]:
-                continue
-            xs, ys = [], []
-            for n in sizes:
-                entry = result["sizes"][str(n)]
-                for value in entry["per_run"][metric]:
-                    if value is not None:
-                        ax.plot(n, value, "o", color=color, alpha=0.35, ms=5)
-                        top = max(top, value)
-                if entry["median"][metric] is not None:
-                    xs.append(n)
-                    ys.append(entry["median"][metric])
-            ax.plot(xs, ys, style, color=color, label=label, lw=1.8)
-            for x, y in zip(xs, ys, strict=True):
-                ax.annotate(
-                    _label(y),
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(0, offset if y > top * 0.1 else abs(offset)),  # not under the axis
-                    ha="center",
-                    fontsize=8,
-                    color=color,
-                )
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("nodes in the zone (N)")
-        ax.set_xticks(sizes)
-        ax.set_ylim(0, max(top * 1.25, 1.0))  # room for the labels; an all-zero panel reads 0
-        ax.yaxis.set_major_locator(MaxNLocator(integer=top >= 4))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    axes.flat[0].axhline(ZONE_NODES_WAIT_S, color="gray", ls="--", lw=0.8)
-    machine = result["machine"]
-    params = result["params"]
-    steady = (
-        f"; dashed: steady state, {params['steady_after_s']:g} s later"
-        if params["steady_after_s"]
-        else ""
-    )
-    where = "each zone in its own network namespace" if params["netns"] else "shared loopback"
-    fig.suptitle(
-        f"autonomy zone scale: 1 main + N-1 runners by `autonomy zone deploy`, one process each, "
-        f"{where}; {machine['cores']} cores ({machine['cpu']}), Python {machine['python']}\n"
-        f"{params['runs']} run(s) per N (dots: runs, lines: medians); idle window of "
-        f"{params['idle_seconds']:g} s once the zone settled{steady}",
-        fontsize=11,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
