@@ -222,7 +222,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     wait = result["params"]["zone_nodes_wait_s"]
-    axes.flat[0].axhline(wait, color="gray", ls="--", lw=0.8, label=f"Zone.nodes' {wait:g} s")
+    axes.flat[0].axhline(wait, color="gray", ls="--", lw=0.8, label=f"Zone.nodes' {wait:g} s wait")
+    axes.flat[0].legend(fontsize=8, loc="best")
     machine = result["machine"]
     params = result["params"]
     steady = (
