@@ -10,4 +10,8 @@ Modules: ``_common`` (timing, processes, machine facts), ``_rawzmq`` (the raw py
 server), ``_runner`` (the process on the far side of the remote cases), ``_cases`` (the
 workloads, ours and raw), ``_memory`` (resident memory), ``_report`` (JSON and plot),
 ``_profile`` (one side of one case, for a profiler).
+
+``python -m benchmarks zone`` asks another question, how a zone's cost grows with its size:
+``_zone`` starts zones of N nodes with the zone launcher and measures them, ``_zone_report``
+writes the table and the plot.
 """

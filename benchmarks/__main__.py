@@ -2,6 +2,10 @@
 
     python -m benchmarks [--quick] [--out DIR] [--rounds N] [--seconds S] [--only SUBSTR]
                          [--no-memory] [--no-curve] [--no-uvloop]
+    python -m benchmarks zone [--sizes 10,30,60,100] [--runs K] [--idle-seconds S] [--quick]
+
+The ``zone`` subcommand is a separate benchmark (``benchmarks._zone``): zones of N nodes
+started by the zone launcher, their cold start and their idle cost against N.
 
 Starts runner processes (``benchmarks._runner``, each in its own session, killed with its
 process group at the end): 4 plain autonomy nodes and 4 plain raw pyzmq servers for the plain
@@ -231,6 +235,11 @@ async def run(args: argparse.Namespace, loop_name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["zone"]:
+        from . import _zone
+
+        return _zone.main(argv[1:])
     args = parse_args(argv)
     factory, loop_name = loop_factory(not args.no_uvloop)
     progress(f"benchmarks: {'quick' if args.quick else 'full'} run on {loop_name}")

@@ -1,7 +1,9 @@
-"""The benchmark command keeps working: `python -m benchmarks --quick` runs to the end.
+"""The benchmark commands keep working: `python -m benchmarks --quick` and
+`python -m benchmarks zone --quick` run to the end.
 
-A smoke test only: no performance threshold (CI machines are noisy), just that the command
-exits 0, writes its JSON and PNG, and prints a JSON summary of ratios as its last line.
+Smoke tests only: no performance threshold (CI machines are noisy), just that each command
+exits 0 and writes its JSON and PNG; the first prints a JSON summary of ratios as its last
+line, the second reports every metric for every zone size.
 """
 
 from __future__ import annotations
@@ -41,3 +43,39 @@ def check_outputs(out: Path, stdout: str) -> None:
     assert summary == result["summary"]
     assert summary, "the summary names at least one case"
     assert all(isinstance(ratio, float | int) for ratio in summary.values())
+
+
+ZONE_DEADLINE_S = 60
+
+
+@pytest.mark.timeout(ZONE_DEADLINE_S + 30)
+async def test_quick_zone_benchmark_reports_every_metric_for_every_size(tmp_path: Path) -> None:
+    """`python -m benchmarks zone --quick`: zones of 5 and 10 nodes by the zone launcher."""
+    pytest.importorskip("matplotlib")
+    argv = [sys.executable, "-m", "benchmarks", "zone", "--quick", "--out", str(tmp_path)]
+    async with Child(*argv, cwd=REPO) as bench:
+        assert await bench.wait(ZONE_DEADLINE_S) == 0, bench.stderr[-4000:]
+    check_zone_outputs(tmp_path)
+
+
+def check_zone_outputs(out: Path) -> None:
+    """A JSON, a PNG and a log in ``out``; every metric for every quick size."""
+    from benchmarks._zone import QUICK_SIZES
+    from benchmarks._zone_report import METRICS
+
+    (json_file,) = out.glob("zone-*.json")
+    (png_file,) = out.glob("zone-*.png")
+    assert png_file.stat().st_size > 0
+    assert list(out.glob("zone-*.log"))
+
+    result = json.loads(json_file.read_text())
+    assert all("error" not in run for run in result["runs"]), result["problems"]
+    assert sorted(int(n) for n in result["sizes"]) == sorted(QUICK_SIZES)
+    for size, entry in result["sizes"].items():
+        assert entry["runs"] == 1, size
+        for metric in METRICS:
+            value = entry["median"][metric]
+            assert isinstance(value, int | float), f"N={size}: {metric} is {value!r}"
+        # What the library promises at these sizes: every runner found, no node killed.
+        assert entry["median"]["missing"] == 0, (size, result["problems"])
+        assert entry["median"]["died_by_signal"] == 0, (size, result["problems"])
