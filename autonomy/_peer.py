@@ -128,7 +128,6 @@ class Link:
         "slot_waiters",
         "state",
         "up_waiters",
-        "used",
         "used_mark",
         "watched",
     )
@@ -157,9 +156,8 @@ class Link:
         self.up_waiters: deque[asyncio.Future[None]] = deque()
         self.slot_waiters: deque[asyncio.Future[None]] = deque()
         self.dealer: DealerSocket | None = None
-        self.used = 0
-        """Calls and one-way messages sent (an idle link's count stands still)."""
         self.frames_sent = 0
+        """Frames sent (calls, one-way messages, gossip): an idle link's count stands still."""
         self.frames_received = 0
         self.used_mark = 0
         self.watched = False
@@ -212,33 +210,39 @@ class Link:
         return self._call(rid, frame, worker, timeout_s)
 
     async def _call(self, rid: int, frame: bytes, worker: str, timeout_s: float) -> Any:
-        self.used += 1
+        self.frames_sent += 1
         links = self._links
-        if links.closed:
-            raise NodeClosedError(links.closed_reason)
+        loop = links.loop
         if not timeout_s:
             timeout_s = links.control_timeout_s
-        loop = links.loop
         deadline = loop.time() + timeout_s
-        if self.state is not LinkState.UP:
-            await self._wait_up(deadline, worker, timeout_s)
-        if len(self.pending) >= MAX_PENDING_PER_PEER:
-            await self._wait_slot(deadline, worker, timeout_s)
+        if self.state is not LinkState.UP or len(self.pending) >= MAX_PENDING_PER_PEER:
+            await self._admit(deadline, worker, timeout_s)
         future: asyncio.Future[Any] = loop.create_future()
-        self.pending[rid] = future
+        pending = self.pending
+        pending[rid] = future
         try:
             assert self.dealer is not None
             self.dealer.send(frame)
-            self.frames_sent += 1
             entry = links.deadlines.add(deadline, future, worker, timeout_s)
             try:
                 return await future
             finally:
                 links.deadlines.discard(entry)
         finally:
-            del self.pending[rid]
+            del pending[rid]
             if self.slot_waiters:
                 _wake_first(self.slot_waiters)
+
+    async def _admit(self, deadline: float, worker: str, timeout_s: float) -> None:
+        """A call that cannot go at once: the node stopped, the peer is not up, or its call
+        slots are all taken."""
+        if self._links.closed:
+            raise NodeClosedError(self._links.closed_reason)
+        if self.state is not LinkState.UP:
+            await self._wait_up(deadline, worker, timeout_s)
+        if len(self.pending) >= MAX_PENDING_PER_PEER:
+            await self._wait_slot(deadline, worker, timeout_s)
 
     async def _wait_up(self, deadline: float, worker: str, timeout_s: float) -> None:
         # A peer known to be gone (it said goodbye, its connection dropped, it refused us)
@@ -264,7 +268,6 @@ class Link:
 
     async def send(self, worker: str, message: str, timeout_s: float) -> None:
         """A worker's ``send_message``: queued at the peer, within the worker's window."""
-        self.used += 1
         links = self._links
         if links.closed:
             raise NodeClosedError(links.closed_reason)
@@ -560,8 +563,8 @@ class Links:
         A call on a closed link's node opens a new one."""
         retired = 0
         for link in list(self._links.values()):
-            if link.watched or link.used != link.used_mark or not link.is_idle():
-                link.used_mark = link.used
+            if link.watched or link.frames_sent != link.used_mark or not link.is_idle():
+                link.used_mark = link.frames_sent
                 continue
             del self._links[link.endpoint]
             link.state = LinkState.CLOSED
