@@ -158,6 +158,7 @@ class _HelpFormatter(argparse.HelpFormatter):
                         width,
                         initial_indent=indent,
                         subsequent_indent=indent,
+                        break_on_hyphens=False,  # node names hold hyphens
                     )
                 )
         return "\n\n".join(paragraphs)
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autonomy",
         description="autonomy: a brokerless actor mesh for Python over ZeroMQ.",
-        epilog="Run `autonomy zone --help` for running zones on this machine.",
+        epilog="Run `autonomy zone --help` for running zones here, across a LAN, or in Kubernetes.",
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"autonomy {_version()}")
@@ -178,9 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     zone = commands.add_parser(
         "zone",
-        help="run a zone folder on this machine",
+        help="run a zone folder on this machine (or a share of it), or print it for Kubernetes",
         description="Run a zone folder (autonomy.yaml + images/<image>/) on this machine: "
-        "every container of every clone of every pod becomes a local process.",
+        "every container of every clone of every pod becomes a local process (a container "
+        "whose image is an image reference, such as postgres:16, runs under docker or "
+        "podman). Or run this machine's share of a zone spread over a LAN (deploy --nodes "
+        "--bind), or print the zone's Kubernetes objects (manifests).",
         epilog="Examples:\n"
         "  autonomy zone deploy                 run ./autonomy.yaml here; Ctrl-C stops it\n"
         "  autonomy zone deploy hello --detach  run the zone in hello/ in the background\n"
@@ -201,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM stops them all. Exits with 1 if a node failed.",
         epilog="Each node's environment: this one's, plus AUTONOMY_ZONE, AUTONOMY_NODE_NAME "
         "({pod}-{container}, or {pod}-{i}-{container} for clone i of a pod with "
-        "clones), AUTONOMY_EXPECTED_NODES (every node name, comma-separated), "
-        "AUTONOMY_WAIT_UNTIL_INTERRUPTED=1, PYTHONUNBUFFERED=1, and its container's "
-        "env.",
+        "clones), AUTONOMY_EXPECTED_NODES (the name of every node of the zone, whatever share "
+        "runs here, comma-separated), AUTONOMY_BIND (with --bind), "
+        "AUTONOMY_WAIT_UNTIL_INTERRUPTED=1, PYTHONUNBUFFERED=1, and its container's env.",
         formatter_class=formatter,
     )
     deploy.add_argument(
