@@ -17,6 +17,11 @@ everything is deleted on exit, also when the body raises or setup fails half-way
     async with NetnsLab(3) as hosts:   # the same, with setup and teardown off the loop
         ...
 
+A namespace can have a hosts file of its own (`Host.write_hosts`): ``ip netns exec`` mounts
+``/etc/netns/<name>/hosts`` over ``/etc/hosts`` for what it runs, so a name resolves there to
+the addresses the test chose (a headless Service's DNS name, say). The lab removes these
+files with the namespaces.
+
 Use `netns_available()` in a skip marker: it is False unless this process is root and can
 really create a namespace and a bridge.
 """
@@ -33,8 +38,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, cast
 
@@ -48,6 +54,9 @@ SUBNET_PREFIX = "10.213"
 """First two octets of every lab subnet; the third is random per lab."""
 
 _COMMAND_TIMEOUT_S = 10.0
+
+NETNS_ETC = Path("/etc/netns")
+"""Where ``ip netns exec`` finds the files it mounts over ``/etc`` for a namespace."""
 
 T = TypeVar("T")
 
@@ -66,6 +75,20 @@ class Host:
     def command(self, *argv: str) -> list[str]:
         """The command line that runs `argv` inside this namespace."""
         return ["ip", "netns", "exec", self.name, *argv]
+
+    def write_hosts(self, names: Mapping[str, Sequence[str]]) -> None:
+        """Give this namespace a hosts file: ``names`` maps each name to its addresses (a name
+        with several is answered with all of them, as DNS answers for a headless Service).
+
+        Write it before starting the processes that read it: ``ip netns exec`` mounts it when
+        it starts a command. Rewriting it later keeps the file (written in place), so those
+        processes see the new addresses at their next lookup."""
+        lines = ["127.0.0.1 localhost"]
+        lines += [f"{address} {name}" for name, addresses in names.items() for address in addresses]
+        folder = NETNS_ETC / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "hosts", "w", encoding="utf-8") as hosts:  # in place: same inode
+            hosts.write("\n".join(lines) + "\n")
 
     async def set_link(self, state: str) -> None:
         """Take this host's interface ``"down"`` (a silent partition: its packets vanish,
@@ -195,6 +218,7 @@ class NetnsLab:
             result = _ip("netns", "del", namespace, check=False)
             if result.returncode != 0:
                 log.warning("could not delete namespace %s: %s", namespace, result.stderr)
+            shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
         self._namespaces.clear()
         # Deleting a namespace deletes the veth ends inside it, and with them their peers;
         # the explicit deletes cover a half-built lab and complain only about real leftovers.

@@ -395,10 +395,53 @@ def test_image_without_its_folder_is_refused(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("image", ["../main", "/etc", "main/sub", "''"])
+@pytest.mark.parametrize("image", ["''", ".hidden", "main dir", "7", "true"])
 def test_image_that_is_not_a_folder_name_is_refused(tmp_path: Path, image: str) -> None:
     error = config_error(tmp_path, HELLO.replace("image: main", f"image: {image}"))
-    assert_names(error, tmp_path, "pods[0].containers[0].image", "expected the name of a folder")
+    assert_names(
+        error, tmp_path, "pods[0].containers[0].image", "expected the name of a folder", "postgres"
+    )
+
+
+@pytest.mark.parametrize("image", ["../main", "/etc", "Postgres:16", "postgres:", "a//b"])
+def test_image_reference_that_docker_would_refuse_is_refused(tmp_path: Path, image: str) -> None:
+    error = config_error(tmp_path, HELLO.replace("image: main", f"image: '{image}'"))
+    assert_names(
+        error, tmp_path, "pods[0].containers[0].image", "not a valid image reference", "lowercase"
+    )
+
+
+def test_a_bare_name_without_its_folder_says_how_to_name_a_registry_image(tmp_path: Path) -> None:
+    error = config_error(tmp_path, HELLO.replace("image: main", "image: postgres"))
+    assert_names(
+        error, tmp_path, "pods[0].containers[0].image", "images/postgres/ not found", "postgres:"
+    )
+
+
+def test_a_container_whose_image_is_a_reference_is_no_node_and_never_expected(
+    tmp_path: Path,
+) -> None:
+    text = DISTRIBUTE.replace(
+        "      - name: main\n        image: main\n",
+        "      - name: main\n        image: main\n"
+        "      - name: db\n        image: postgres:16\n        args: [-c, fsync=off]\n"
+        "        env: {POSTGRES_PASSWORD: pw}\n"
+        "      - name: mcp\n        image: ghcr.io/org/mcp-server@sha256:" + "a" * 64 + "\n",
+    )
+    zone = load_zone(write_zone(tmp_path / "mixed", text))
+    runners = [f"runner-pod-{i}-runner" for i in range(5)]
+    assert zone.node_names() == ["main-pod-main", "main-pod-db", "main-pod-mcp", *runners]
+    assert zone.expected_nodes() == ["main-pod-main", *runners]
+    main, db, mcp = zone.pods[0].containers
+    assert (main.is_node, db.is_node, mcp.is_node) == (True, False, False)
+    assert (db.image, db.args, db.env) == (
+        "postgres:16",
+        ["-c", "fsync=off"],
+        {"POSTGRES_PASSWORD": "pw"},
+    )
+    assert [node.is_node for node in zone.nodes][:3] == [True, False, False]
+    assert zone.key_of(zone.nodes[1]) == "pods[0].containers[1]"
+    assert not (tmp_path / "mixed" / "images" / "postgres:16").exists()
 
 
 def test_duplicate_pod_names_are_refused(tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
-"""The ``autonomy`` command: runs zone folders on this machine (deploy, logs, list, delete).
+"""The ``autonomy`` command: runs zone folders here, or prints them for Kubernetes.
 
-This module parses the command line, runs the command and prints. The work is done by:
+This module runs the command (deploy, logs, list, delete, secret, manifests) and prints. The
+command line's grammar is ``_arguments``'; the work is done by:
 
 - ``_zonefile``: autonomy.yaml → a validated `ZoneFile`; ``_dockerfile``: an image's command;
-- ``_plan``: the zone's processes (`LaunchSpec`), ``_processes``: /proc, signals, strays;
+- ``_plan``: the zone's processes (`LaunchSpec`), or a share of them (``--nodes``);
+  ``_containers``: docker or podman for containers that are not nodes;
+  ``_processes``: /proc, signals, strays;
 - ``_supervisor``: runs and stops a zone's processes (the foreground run);
 - ``_detached``: the daemon of a detached zone and its state; ``_logs``: its logs;
-- ``_mesh``: asks a running zone which workers its nodes host; ``_text``: tables and such.
+- ``_mesh``: asks a running zone which workers its nodes host; ``_text``: tables and such;
+- ``_manifests``: the zone's Kubernetes objects.
 
 ``main(argv)`` returns the exit status: 0 ok, 1 a runtime failure (a node failed, the zone
 could not start), 2 a usage or configuration error.
@@ -16,47 +20,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import logging
 import os
+import socket
 import sys
-import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Final, TextIO
 
 from autonomy import ConfigError, Zone
 from autonomy._config import Env
 
+from ._arguments import build_parser, is_label
 from ._detached import (
     DeploymentState,
     LaunchError,
     SupervisorStatus,
     delete_deployment,
     deploy_detached,
+    deployment_key,
+    deployments_of,
     list_deployments,
     load_state,
     refuse_if_detached,
     zone_state_dir,
 )
 from ._logs import print_logs
+from ._manifests import image_name, manifests, render
 from ._mesh import describe_workers
-from ._supervisor import STOP_TIMEOUT_S, NodeState, deploy_foreground
+from ._plan import select_nodes
+from ._supervisor import NodeState, deploy_foreground
 from ._text import brief_list, table, uptime
 from ._zonefile import ZONE_FILE_NAME, ZoneFile, load_zone
 
 __all__ = ["main"]
 
 logger = logging.getLogger("autonomy.cli")
-
-_LABEL_HELP = "lowercase letters, digits and '-'"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("autonomy")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _launcher_env(zone: ZoneFile) -> dict[str, str]:
@@ -92,13 +91,19 @@ def _print_zone(state: DeploymentState, out: TextIO, *, workers_column: bool = T
     alive = supervisor in (SupervisorStatus.RUNNING, SupervisorStatus.STOPPING)
     pid = f" (pid {state.supervisor_pid})" if alive else ""
     out.write(
-        f"zone {state.zone}: supervisor {supervisor}{pid}, {len(state.nodes)} node(s), "
+        f"{state.title}: supervisor {supervisor}{pid}, {len(state.nodes)} node(s), "
         f"restart {'on' if state.restart else 'off'}\n"
     )
     out.write(f"  folder {state.zone_dir}\n  state  {state.dir}\n")
+    if state.node_globs:
+        out.write(f"  share  --nodes {' --nodes '.join(state.node_globs)}\n")
     workers = None
     if workers_column and supervisor is SupervisorStatus.RUNNING:
-        workers = describe_workers(state.zone, [node.name for node in state.nodes])
+        workers = describe_workers(
+            state.zone,
+            [node.name for node in state.nodes if node.is_node],
+            bind=state.bind or "127.0.0.1",
+        )
     header = ["NODE", "PID", "STATUS", "RESTARTS", "UPTIME"]
     if workers is not None:
         header.append("WORKERS")
@@ -125,22 +130,6 @@ def _print_zone(state: DeploymentState, out: TextIO, *, workers_column: bool = T
 # Which zone
 
 
-def _is_label(text: str) -> bool:
-    return (
-        bool(text)
-        and len(text) <= 63
-        and text[0].isalnum()
-        and text[-1].isalnum()
-        and all(c.isdigit() or ("a" <= c <= "z") or c == "-" for c in text)
-    )
-
-
-def _zone_name_arg(text: str) -> str:
-    if not _is_label(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a zone name ({_LABEL_HELP})")
-    return text
-
-
 def _target_zone(zone: str | None, folder: str | None, *, required: bool) -> str | None:
     """The name of the zone the user means: --zone, a folder (or a deployed zone's name), or
     the autonomy.yaml of the current folder."""
@@ -150,7 +139,7 @@ def _target_zone(zone: str | None, folder: str | None, *, required: bool) -> str
         path = Path(folder)
         if path.exists():
             return load_zone(path, check_images=False).name
-        if _is_label(folder) and (zone_state_dir(folder)).exists():
+        if is_label(folder) and deployments_of(folder):
             return folder
         raise ConfigError("no such folder, and no deployed zone of that name", path=folder)
     if Path(ZONE_FILE_NAME).exists():
@@ -163,14 +152,51 @@ def _target_zone(zone: str | None, folder: str | None, *, required: bool) -> str
     return None
 
 
-def _require_state(zone: str) -> DeploymentState:
-    state = load_state(zone)
+def _require_state(zone: str, bind: str | None) -> DeploymentState:
+    """The one detached deployment of ``zone`` here (on ``bind``, if given)."""
+    keys = [deployment_key(zone, bind)] if bind is not None else deployments_of(zone)
+    if len(keys) > 1:
+        binds = [key.partition("@")[2] or "loopback" for key in keys]
+        raise ConfigError(
+            f"zone {zone} has {len(keys)} deployments here, one per address: say which with "
+            f"--bind ({', '.join(binds)})",
+            key="--bind",
+        )
+    state = load_state(keys[0]) if keys else None
     if state is None:
+        where = f" on {bind}" if bind is not None else ""
         raise LaunchError(
-            f"zone {zone} is not deployed here in the background (no state in "
-            f"{zone_state_dir(zone)}); `autonomy zone deploy --detach` starts one"
+            f"zone {zone} is not deployed here in the background{where} (no state in "
+            f"{zone_state_dir(deployment_key(zone, bind))}); `autonomy zone deploy --detach` "
+            "starts one"
         )
     return state
+
+
+def _keys(zone: str, bind: str | None) -> list[str]:
+    """The deployments of ``zone`` that a command means: the one on ``bind``, or all here."""
+    if bind is not None:
+        return [deployment_key(zone, bind)]
+    return deployments_of(zone) or [zone]
+
+
+def _bindable(address: str) -> str:
+    """``address`` if a socket can bind it here (an address of this machine).
+
+    Raises:
+        ConfigError: it cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        raise ConfigError(
+            f"{address} is not an address of this machine ({exc.strerror or exc}): give this "
+            "machine's LAN address",
+            key="--bind",
+        ) from None
+    return address
 
 
 def _exit_node(zone: ZoneFile, exit_with: str) -> str:
@@ -199,32 +225,48 @@ def _exit_node(zone: ZoneFile, exit_with: str) -> str:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     zone = load_zone(args.dir)
+    bind = _bindable(args.bind) if args.bind is not None else None
+    nodes = select_nodes(zone, args.nodes) if args.nodes else None
+    exit_with = _exit_node(zone, args.exit_with) if args.exit_with is not None else None
+    if exit_with is not None and nodes is not None and exit_with not in nodes:
+        raise ConfigError(
+            f"{exit_with} is not among the nodes this deploy runs (--nodes "
+            f"{' --nodes '.join(args.nodes)})",
+            key="--exit-with",
+        )
     if args.detach:
         state = deploy_detached(
-            zone, restart=args.restart, extra_env=_launcher_env(zone), stop_timeout_s=args.timeout
+            zone,
+            restart=args.restart,
+            extra_env=_launcher_env(zone),
+            stop_timeout_s=args.timeout,
+            nodes=nodes,
+            bind=bind,
+            node_globs=args.nodes or (),
         )
         _print_zone(state, sys.stdout, workers_column=False)
+        which = f"--zone {zone.name}" + (f" --bind {bind}" if bind is not None else "")
         failed = [node.name for node in state.nodes if node.state is NodeState.FAILED]
         if failed:
             logger.warning(
-                "could not start: %s (see `autonomy zone list --zone %s`)",
-                brief_list(failed),
-                zone.name,
+                "could not start: %s (see `autonomy zone list %s`)", brief_list(failed), which
             )
         print(
-            f"\nzone {zone.name} runs in the background:\n"
-            f"  autonomy zone logs -f --zone {zone.name}   follow its output\n"
-            f"  autonomy zone list --zone {zone.name}      show its nodes\n"
-            f"  autonomy zone delete --zone {zone.name}    stop it and remove its state"
+            f"\n{state.title} runs in the background:\n"
+            f"  autonomy zone logs -f {which}   follow its output\n"
+            f"  autonomy zone list {which}      show its nodes\n"
+            f"  autonomy zone delete {which}    stop it and remove its state"
         )
         return 0
-    refuse_if_detached(zone.name)
+    refuse_if_detached(zone.name, bind)
     result = deploy_foreground(
         zone,
         restart=args.restart,
         extra_env=_launcher_env(zone),
         stop_timeout_s=args.timeout,
-        exit_with=_exit_node(zone, args.exit_with) if args.exit_with is not None else None,
+        exit_with=exit_with,
+        nodes=nodes,
+        bind=bind,
     )
     if result.exit_node is not None and result.exit_node[1] != 0:
         name, code = result.exit_node
@@ -242,7 +284,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_logs(args: argparse.Namespace) -> int:
     name = _target_zone(args.zone, args.dir, required=True)
     assert name is not None
-    state = _require_state(name)
+    state = _require_state(name, args.bind)
     nodes = state.nodes
     if args.node:
         nodes = [n for n in nodes if n.name == args.node] or [
@@ -262,18 +304,51 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     name = _target_zone(args.zone, args.dir, required=False)
-    names = [name] if name is not None else list_deployments()
-    if not names:
+    if name is not None:
+        keys = _keys(name, args.bind)
+    else:
+        keys = [
+            key
+            for key in list_deployments()
+            if args.bind is None or key.partition("@")[2] == args.bind
+        ]
+    if not keys:
         print("no zone is deployed here in the background")
         return 0
-    for index, zone in enumerate(names):
-        state = load_state(zone)
+    for index, key in enumerate(keys):
+        state = load_state(key)
         if index:
             print()
         if state is None:
-            print(f"zone {zone}: not deployed in the background")
+            where = f" on {args.bind}" if args.bind is not None else ""
+            print(f"zone {name}{where}: not deployed in the background")
             continue
         _print_zone(state, sys.stdout)
+    return 0
+
+
+def _cmd_manifests(args: argparse.Namespace) -> int:
+    zone = load_zone(args.dir)
+    objects = manifests(
+        zone,
+        secret=Zone.secret(zone.name),
+        image_prefix=args.image_prefix,
+        namespace=args.namespace,
+    )
+    images = sorted({c.image for pod in zone.pods for c in pod.containers if c.is_node})
+    header = [
+        f"Kubernetes objects of zone {zone.name} ({zone.path}), by `autonomy zone manifests`.",
+        "Build and push its images first (a Docker engine; the images' FROM must hold autonomy):",
+        *(
+            f"  docker build -t {image_name(args.image_prefix, zone.name, image)} "
+            f"{zone.image_dir(image)} && docker push "
+            f"{image_name(args.image_prefix, zone.name, image)}"
+            for image in images
+        ),
+        "then pipe this output to `kubectl apply -f -`. The Secret below holds the zone's",
+        "secret: keep this output private.",
+    ]
+    sys.stdout.write(render(objects, header))
     return 0
 
 
@@ -288,242 +363,31 @@ def _cmd_secret(args: argparse.Namespace) -> int:
 def _cmd_delete(args: argparse.Namespace) -> int:
     name = _target_zone(args.zone, args.dir, required=True)
     assert name is not None
-    if delete_deployment(name, stop_timeout_s=args.timeout):
-        print(f"zone {name} deleted")
-    else:
-        print(f"zone {name} is not deployed in the background: nothing to delete")
+    deleted = 0
+    for key in _keys(name, args.bind):
+        if delete_deployment(key, stop_timeout_s=args.timeout):
+            where = key.partition("@")[2]
+            print(f"zone {name}" + (f" on {where}" if where else "") + " deleted")
+            deleted += 1
+    if not deleted:
+        where = f" on {args.bind}" if args.bind is not None else ""
+        print(f"zone {name} is not deployed in the background{where}: nothing to delete")
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# The parser
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-
-
-def _add_verbosity(parser: argparse.ArgumentParser, *, default: bool) -> None:
-    group = parser.add_mutually_exclusive_group()
-    kwargs: dict[str, Any] = {} if default else {"default": argparse.SUPPRESS}
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="store_const",
-        const=logging.DEBUG,
-        dest="log_level",
-        help="say more (debug messages)",
-        **kwargs,
-    )
-    group.add_argument(
-        "-q",
-        "--quiet",
-        action="store_const",
-        const=logging.WARNING,
-        dest="log_level",
-        help="say only warnings and errors",
-        **kwargs,
-    )
-
-
-def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    """DIR or --zone: which deployed zone a command works on."""
-    parser.add_argument(
-        "dir",
-        metavar="DIR",
-        nargs="?",
-        help="the zone's folder, or its name (default: the current folder)",
-    )
-    _add_zone_options(parser)
-
-
-def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-t",
-        "--timeout",
-        type=_positive_seconds,
-        default=STOP_TIMEOUT_S,
-        metavar="SECONDS",
-        help="how long nodes get to stop after SIGTERM before SIGKILL (default: %(default)g)",
-    )
-
-
-def _add_zone_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--zone",
-        metavar="NAME",
-        type=_zone_name_arg,
-        help="the deployed zone's name (default: the name in ./autonomy.yaml)",
-    )
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Wraps prose paragraphs; keeps paragraphs whose lines are indented (examples) as typed."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for paragraph in text.split("\n\n"):
-            if any(line.startswith(" ") for line in paragraph.splitlines()):
-                paragraphs.append(textwrap.indent(paragraph, indent))
-            else:
-                paragraphs.append(
-                    textwrap.fill(
-                        " ".join(paragraph.split()),
-                        width,
-                        initial_indent=indent,
-                        subsequent_indent=indent,
-                    )
-                )
-        return "\n\n".join(paragraphs)
-
-
-def _parser() -> argparse.ArgumentParser:
-    formatter = _HelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="autonomy",
-        description="autonomy: a brokerless actor mesh for Python over ZeroMQ.",
-        epilog="Run `autonomy zone --help` for running zones on this machine.",
-        formatter_class=formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"autonomy {_version()}")
-    _add_verbosity(parser, default=True)
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    zone = commands.add_parser(
-        "zone",
-        help="run a zone folder on this machine",
-        description="Run a zone folder (autonomy.yaml + images/<image>/) on this machine: "
-        "every container of every clone of every pod becomes a local process.",
-        epilog="Examples:\n"
-        "  autonomy zone deploy                 run ./autonomy.yaml here; Ctrl-C stops it\n"
-        "  autonomy zone deploy hello --detach  run the zone in hello/ in the background\n"
-        "  autonomy zone logs -f runner         follow the output of the runner nodes\n"
-        "  autonomy zone list                   show the nodes and their state\n"
-        "  autonomy zone delete                 stop the zone and remove its state",
-        formatter_class=formatter,
-    )
-    actions = zone.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    deploy = actions.add_parser(
-        "deploy",
-        help="start a zone's processes (in the foreground, or --detach)",
-        description="Start every node of a zone as a local process, run in images/<image>/ "
-        "with the image's Dockerfile ENTRYPOINT/CMD. In the foreground, each "
-        "output line is prefixed by its node's name, and Ctrl-C (SIGINT) or "
-        "SIGTERM stops them all. Exits with 1 if a node failed.",
-        epilog="Each node's environment: this one's, plus AUTONOMY_ZONE, AUTONOMY_NODE_NAME "
-        "({pod}-{container}, or {pod}-{i}-{container} for clone i of a pod with "
-        "clones), AUTONOMY_EXPECTED_NODES (every node name, comma-separated), "
-        "AUTONOMY_WAIT_UNTIL_INTERRUPTED=1, PYTHONUNBUFFERED=1, and its container's "
-        "env.",
-        formatter_class=formatter,
-    )
-    deploy.add_argument(
-        "dir",
-        metavar="DIR",
-        nargs="?",
-        default=".",
-        help="the zone folder, holding autonomy.yaml (default: the current one)",
-    )
-    deploy.add_argument(
-        "-d",
-        "--detach",
-        action="store_true",
-        help="run in the background; see `logs`, `list` and `delete`",
-    )
-    deploy.add_argument(
-        "--exit-with",
-        metavar="NODE",
-        help="(foreground) let NODE return when its main does, and stop the zone when it "
-        "exits, with its success or failure: for demos and batch jobs (NODE may be a "
-        "part of the name, e.g. main)",
-    )
-    deploy.add_argument(
-        "--restart",
-        action="store_true",
-        help="restart nodes that crash (with a growing delay; a node that "
-        "keeps crashing is given up)",
-    )
-    _add_stop_timeout(deploy)
-    _add_verbosity(deploy, default=False)
-    deploy.set_defaults(func=_cmd_deploy)
-
-    logs = actions.add_parser(
-        "logs",
-        help="print a detached zone's output",
-        description="Print the output of a detached zone's nodes, each line prefixed by its "
-        "node's name.",
-        formatter_class=formatter,
-    )
-    logs.add_argument(
-        "node",
-        metavar="NODE",
-        nargs="?",
-        help="only this node (a full node name, or part of one: `runner`)",
-    )
-    logs.add_argument(
-        "-f",
-        "--follow",
-        action="store_true",
-        help="keep printing new output until the zone ends or Ctrl-C",
-    )
-    _add_zone_options(logs)
-    logs.add_argument("--dir", metavar="DIR", help="the zone's folder (default: the current one)")
-    _add_verbosity(logs, default=False)
-    logs.set_defaults(func=_cmd_logs)
-
-    listing = actions.add_parser(
-        "list",
-        help="show a detached zone's nodes and their state",
-        description="Show the nodes of a detached zone: pid, state (running, or how it "
-        "exited), restarts and uptime. Without a zone, and without autonomy.yaml "
-        "in the current folder: every detached zone.",
-        formatter_class=formatter,
-    )
-    _add_target_options(listing)
-    _add_verbosity(listing, default=False)
-    listing.set_defaults(func=_cmd_list)
-
-    delete = actions.add_parser(
-        "delete",
-        help="stop a detached zone and remove its state",
-        description="Stop every process of a detached zone (SIGTERM, then SIGKILL after "
-        "--timeout) and remove its state and logs.",
-        formatter_class=formatter,
-    )
-    _add_target_options(delete)
-    _add_stop_timeout(delete)
-    _add_verbosity(delete, default=False)
-    delete.set_defaults(func=_cmd_delete)
-
-    secret = actions.add_parser(
-        "secret",
-        help="print the zone's secret (created on first use)",
-        description="Print the secret of a zone, creating it on first use. Every node of "
-        "the zone needs it: on this machine they find it on their own; on another machine, "
-        "set AUTONOMY_ZONE_SECRET to it.\n\n"
-        "  autonomy zone secret --zone distribute\n"
-        "  AUTONOMY_ZONE_SECRET=$(autonomy zone secret) python main.py",
-        formatter_class=formatter,
-    )
-    secret.add_argument(
-        "dir", metavar="DIR", nargs="?", help="the zone's folder (default: the current one)"
-    )
-    _add_zone_options(secret)
-    _add_verbosity(secret, default=False)
-    secret.set_defaults(func=_cmd_secret)
-    return parser
+_COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
+    "deploy": _cmd_deploy,
+    "logs": _cmd_logs,
+    "list": _cmd_list,
+    "delete": _cmd_delete,
+    "secret": _cmd_secret,
+    "manifests": _cmd_manifests,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``autonomy`` command; return its exit status (0 ok, 1 failure, 2 usage)."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error
@@ -534,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_level = package_logger.level
     package_logger.addHandler(handler)
     package_logger.setLevel(args.log_level or logging.INFO)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
     try:
         return func(args)
     except ConfigError as exc:

@@ -1,10 +1,14 @@
 """Detached zones: their state directory and state file, the daemon that supervises them, delete.
 
 ``deploy --detach`` starts a small daemon (a `Supervisor` that is nobody's child) and returns
-once every node has been started. The daemon keeps the zone's state file up to date in
-``<state root>/zones/<zone>/`` (with each node's log under ``logs/``); ``logs``, ``list``
+once every node has been started. The daemon keeps the deployment's state file up to date in
+``<state root>/zones/<key>/`` (with each node's log under ``logs/``); ``logs``, ``list``
 and ``delete`` read it, checking each recorded pid against /proc, since a state file can
 outlive its processes.
+
+A deployment's key is the zone's name, or ``<zone>@<address>`` for one bound to a LAN
+address (``--bind``): one machine may run several shares of a zone, each on its own address
+(as network-namespace tests do), and their states never meet.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -38,11 +42,13 @@ from ._processes import (
     kill_marked,
     marked_pids,
     process_start_time,
+    run_quietly,
     signal_group,
     signal_pid,
     wait_until,
 )
 from ._supervisor import (
+    CLEANUP_TIMEOUT_S,
     STOP_TIMEOUT_S,
     NodeRecord,
     NodeState,
@@ -58,6 +64,8 @@ __all__ = [
     "SupervisorStatus",
     "delete_deployment",
     "deploy_detached",
+    "deployment_key",
+    "deployments_of",
     "list_deployments",
     "load_state",
     "refuse_if_detached",
@@ -106,20 +114,32 @@ def state_root() -> Path:
     return base / "autonomy"
 
 
-def zone_state_dir(zone: str) -> Path:
-    """Where a detached zone's state and logs live: ``<state root>/zones/<zone>/``."""
-    if not zone or "/" in zone or zone in (".", "..") or "\0" in zone:
-        raise ValueError(f"invalid zone name {zone!r}")
-    return state_root() / "zones" / zone
+def deployment_key(zone: str, bind: str | None) -> str:
+    """The key of a zone's deployment here: the zone's name, or ``<zone>@<address>`` for one
+    bound to an address (zone names hold no ``@``)."""
+    return zone if bind is None else f"{zone}@{bind}"
+
+
+def zone_state_dir(key: str) -> Path:
+    """Where a detached deployment's state and logs live: ``<state root>/zones/<key>/``
+    (``key``: see `deployment_key`)."""
+    if not key or "/" in key or key in (".", "..") or "\0" in key:
+        raise ValueError(f"invalid zone name {key!r}")
+    return state_root() / "zones" / key
 
 
 def list_deployments() -> list[str]:
-    """The names of the zones that have a state directory here."""
+    """The keys of the deployments that have a state directory here, sorted."""
     root = state_root() / "zones"
     try:
         return sorted(p.name for p in root.iterdir() if (p / STATE_FILE).exists())
     except OSError:
         return []
+
+
+def deployments_of(zone: str) -> list[str]:
+    """The keys of a zone's deployments here: the whole zone's, and each share's."""
+    return [key for key in list_deployments() if key.partition("@")[0] == zone]
 
 
 @dataclass
@@ -137,11 +157,25 @@ class DeploymentState:
     supervisor_state: SupervisorState = SupervisorState.STARTING
     nodes: list[NodeRecord] = field(default_factory=list)
     version: int = STATE_VERSION
+    bind: str | None = None
+    """The address its nodes are bound to (``--bind``), or None: loopback."""
+    node_globs: list[str] = field(default_factory=list)
+    """The ``--nodes`` globs that chose its share of the zone; empty: the whole zone."""
     dir: Path = field(default=Path(), compare=False)
     """The state directory (not stored in the file)."""
 
     def __post_init__(self) -> None:
         self.supervisor_state = SupervisorState(self.supervisor_state)  # from the file: a str
+
+    @property
+    def key(self) -> str:
+        """The deployment's key (its state directory's name): see `deployment_key`."""
+        return deployment_key(self.zone, self.bind)
+
+    @property
+    def title(self) -> str:
+        """``zone NAME``, with its address when bound to one: for messages."""
+        return f"zone {self.zone}" + (f" on {self.bind}" if self.bind else "")
 
     def supervisor_alive(self) -> bool:
         return is_alive(self.supervisor_pid, self.supervisor_start_time)
@@ -212,13 +246,14 @@ class DeploymentState:
         os.replace(tmp, path)
 
 
-def load_state(zone: str) -> DeploymentState | None:
-    """A detached zone's state, or None if it has none here.
+def load_state(key: str) -> DeploymentState | None:
+    """A detached deployment's state (``key``: see `deployment_key`), or None if it has none
+    here.
 
     Raises:
         LaunchError: the state file exists but cannot be read.
     """
-    directory = zone_state_dir(zone)
+    directory = zone_state_dir(key)
     path = directory / STATE_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -232,17 +267,21 @@ def load_state(zone: str) -> DeploymentState | None:
         ) from exc
 
 
-def refuse_if_detached(zone: str) -> None:
-    """Refuse to run a zone in the foreground while it runs detached.
+def _delete_command(zone: str, bind: str | None) -> str:
+    return f"autonomy zone delete --zone {zone}" + (f" --bind {bind}" if bind else "")
+
+
+def refuse_if_detached(zone: str, bind: str | None = None) -> None:
+    """Refuse to run a zone (bound to ``bind``) in the foreground while it runs detached.
 
     Raises:
-        LaunchError: something of the zone's detached deployment still runs.
+        LaunchError: something of that detached deployment still runs.
     """
-    existing = load_state(zone)
+    existing = load_state(deployment_key(zone, bind))
     if existing is not None and existing.is_active():
         raise LaunchError(
-            f"zone {zone} is already running detached (supervisor pid "
-            f"{existing.supervisor_pid}): run `autonomy zone delete --zone {zone}` first"
+            f"{existing.title} is already running detached (supervisor pid "
+            f"{existing.supervisor_pid}): run `{_delete_command(zone, bind)}` first"
         )
 
 
@@ -263,35 +302,44 @@ def deploy_detached(
     restart: bool = False,
     extra_env: Mapping[str, str] | None = None,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    nodes: Sequence[str] | None = None,
+    bind: str | None = None,
+    node_globs: Sequence[str] = (),
 ) -> DeploymentState:
-    """Start a zone in the background under a supervisor process; return its state.
+    """Start a zone (or the share of it named by ``nodes``, bound to ``bind``) in the
+    background under a supervisor process; return its state.
 
     Returns once every node has been started. The nodes' environments reach the supervisor
-    through a pipe, never the disk.
+    through a pipe, never the disk. The state is kept under `deployment_key` (zone, bind).
 
     Raises:
-        LaunchError: the zone already runs, or its supervisor failed to start.
+        ConfigError: a container that is not a node is to run, and no docker or podman is
+            installed (before anything is started or written).
+        LaunchError: the deployment already runs, or its supervisor failed to start.
     """
-    directory = zone_state_dir(zone.name)
-    existing = load_state(zone.name)
+    key = deployment_key(zone.name, bind)
+    directory = zone_state_dir(key)
+    existing = load_state(key)
+    title = f"zone {zone.name}" + (f" on {bind}" if bind else "")
+    if existing is not None and existing.is_active():
+        raise LaunchError(
+            f"{title} is already deployed (supervisor pid {existing.supervisor_pid}): "
+            f"run `{_delete_command(zone.name, bind)}` first"
+        )
+    launch_id = secrets.token_hex(8)
+    specs = plan(zone, extra_env=extra_env, launch_id=launch_id, nodes=nodes, bind=bind)
     if existing is not None:
-        if existing.is_active():
-            raise LaunchError(
-                f"zone {zone.name} is already deployed (supervisor pid "
-                f"{existing.supervisor_pid}): run `autonomy zone delete --zone {zone.name}` "
-                "first"
-            )
-        logger.info("replacing the stale state of zone %s in %s", zone.name, directory)
+        logger.info("replacing the stale state of %s in %s", title, directory)
     if directory.exists():
         shutil.rmtree(directory)
     (directory / LOGS_DIR).mkdir(parents=True, mode=0o700)
     directory.chmod(0o700)
-    launch_id = secrets.token_hex(8)
-    specs = plan(zone, extra_env=extra_env, launch_id=launch_id)
     payload = json.dumps(
         {
             "state_dir": str(directory),
             "zone": zone.name,
+            "bind": bind,
+            "node_globs": list(node_globs),
             "zone_dir": str(zone.dir),
             "zone_file": str(zone.path),
             "launch_id": launch_id,
@@ -331,12 +379,12 @@ def deploy_detached(
             signal_pid(pid, signal.SIGKILL)
         kill_marked(launch_id, grace_s=1.0)
         raise LaunchError(
-            f"the supervisor of zone {zone.name} failed to start ({outcome}): "
+            f"the supervisor of {title} failed to start ({outcome}): "
             f"see {directory / SUPERVISOR_LOG}"
         )
-    state = load_state(zone.name)
+    state = load_state(key)
     if state is None:
-        raise LaunchError(f"zone {zone.name} started but left no state in {directory}")
+        raise LaunchError(f"{title} started but left no state in {directory}")
     return state
 
 
@@ -403,6 +451,8 @@ async def _daemon(payload: Mapping[str, Any], ready: TextIO) -> int:
     specs = [LaunchSpec.from_json(spec) for spec in payload["specs"]]
     state = DeploymentState(
         zone=payload["zone"],
+        bind=payload["bind"],
+        node_globs=list(payload["node_globs"]),
         zone_dir=payload["zone_dir"],
         zone_file=payload["zone_file"],
         launch_id=payload["launch_id"],
@@ -451,16 +501,19 @@ async def _daemon(payload: Mapping[str, Any], ready: TextIO) -> int:
 # Delete
 
 
-def delete_deployment(zone: str, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """Stop every process of a detached zone and remove its state; False if it had none.
+def delete_deployment(key: str, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop every process of a detached deployment (``key``: see `deployment_key`) and remove
+    its state; False if it had none.
 
     The supervisor is asked first (it stops the nodes: SIGTERM, deadline, SIGKILL); then any
-    node still alive (checked by pid *and* start time) has its group killed, and any process
-    still carrying the launch's mark is killed, before the state directory goes.
+    node still alive (checked by pid *and* start time) has its group killed, any process
+    still carrying the launch's mark is killed, and any container that is not a node is
+    removed (``docker rm --force``), before the state directory goes.
     """
-    directory = zone_state_dir(zone)
+    zone = key
+    directory = zone_state_dir(key)
     try:
-        state = load_state(zone)
+        state = load_state(key)
     except LaunchError:
         logger.warning("zone %s: unreadable state; removing %s", zone, directory)
         shutil.rmtree(directory, ignore_errors=True)
@@ -480,7 +533,7 @@ def delete_deployment(zone: str, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> b
             signal_pid(supervisor.supervisor_pid, signal.SIGKILL)
             wait_until(lambda: not supervisor.supervisor_alive(), KILL_WAIT_S)
         with contextlib.suppress(LaunchError):
-            state = load_state(zone) or state  # its last word: the nodes' latest pids
+            state = load_state(key) or state  # its last word: the nodes' latest pids
     final = state
     live = final.live_nodes()
     for node in live:
@@ -495,5 +548,8 @@ def delete_deployment(zone: str, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> b
     strays = kill_marked(state.launch_id, grace_s=min(stop_timeout_s, 2.0))
     if strays:
         logger.warning("killed %d stray process(es) of zone %s", strays, zone)
+    for node in state.nodes:
+        if node.stop_argv:  # the supervisor did it, unless it died: then this does
+            run_quietly(node.stop_argv, None, CLEANUP_TIMEOUT_S)
     shutil.rmtree(directory, ignore_errors=True)
     return True

@@ -66,7 +66,7 @@ def print_logs(
         return
     while True:
         try:
-            current = load_state(state.zone) if state.dir.exists() else None
+            current = load_state(state.key) if state.dir.exists() else None
         except LaunchError:
             current = None
         ended = current is None or not (current.supervisor_alive() or current.live_nodes())

@@ -34,14 +34,16 @@ _LIST_TIMEOUT_S: Final = 2.0
 _MESH_LOGGERS: Final = ("autonomy.node", "autonomy.discovery", "autonomy.transport")
 
 
-def describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] | None:
+def describe_workers(
+    zone: str, nodes: Sequence[str], *, bind: str = "127.0.0.1"
+) -> dict[str, list[str]] | None:
     """Hook for ``zone list``: the names of the workers each running node hosts, by node.
 
     Asks over the mesh, through the public API only: a temporary node (``cli-<hex>``, bound
-    to 127.0.0.1, mDNS discovery on) joins ``zone``, waits until the named nodes are members
-    (``Zone.nodes``), and calls ``list_workers`` on each. Bounded: `DESCRIBE_TIMEOUT_S` to
-    find them (`_SETTLE_S` after the last one joined, when some are missing: containers that
-    are not nodes), then `_LIST_TIMEOUT_S` for their answers.
+    to ``bind``, the address the zone's nodes are bound to, mDNS discovery on) joins
+    ``zone``, waits until the named nodes are members (``Zone.nodes``), and calls
+    ``list_workers`` on each. Bounded: `DESCRIBE_TIMEOUT_S` to find them (`_SETTLE_S` after
+    the last one joined, when some are missing), then `_LIST_TIMEOUT_S` for their answers.
 
     Returns ``{node name: [worker names]}``. A node that was not found in time, or did not
     answer, is **omitted** (never shown with an empty list: that would invent data); a node
@@ -49,8 +51,9 @@ def describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] | 
     not run at all (logged as a warning). Never prints, never hangs: the whole query is
     bounded, and it runs on a loop of its own (in a thread when called from inside one).
 
-    Limits: nodes bound to another interface than loopback (``AUTONOMY_BIND``) are not
-    discovered from here; for a moment the zone has one more member, named ``cli-...``.
+    Limits: nodes bound to another address than ``bind`` are not discovered from here (nor
+    any, where ``bind`` is not an address of this machine's network); for a moment the zone
+    has one more member, named ``cli-...``.
     """
     wanted = list(dict.fromkeys(nodes))
     if not wanted:
@@ -64,13 +67,13 @@ def describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] | 
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S))
+            return asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S, bind))
         result: list[dict[str, list[str]]] = []
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                result.append(asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S)))
+                result.append(asyncio.run(_ask_workers(zone, wanted, DESCRIBE_TIMEOUT_S, bind)))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -90,7 +93,9 @@ def describe_workers(zone: str, nodes: Sequence[str]) -> dict[str, list[str]] | 
             logging.getLogger(name).setLevel(level)
 
 
-async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[str, list[str]]:
+async def _ask_workers(
+    zone: str, wanted: list[str], timeout_s: float, bind: str
+) -> dict[str, list[str]]:
     """`describe_workers` on an event loop: the answers that came in time.
 
     Finding the nodes takes at most ``timeout_s``; asking those found, at most
@@ -100,9 +105,7 @@ async def _ask_workers(zone: str, wanted: list[str], timeout_s: float) -> dict[s
     deadline = loop.time() + timeout_s
     found: dict[str, RemoteNode] = {}
     answers: dict[str, list[str]] = {}
-    async with Node(
-        f"cli-{secrets.token_hex(4)}", zone=zone, bind="127.0.0.1", discovery=True
-    ) as node:
+    async with Node(f"cli-{secrets.token_hex(4)}", zone=zone, bind=bind, discovery=True) as node:
         try:
             # A guard only: Zone.nodes returns by itself at the deadline, with what it found.
             async with asyncio.timeout_at(deadline + 1.0):

@@ -2,18 +2,22 @@
 
 What the launcher needs to start a node so that it cannot outlive its launcher, to tell a
 process from a later one that reused its pid, and to find and kill the processes of a launch
-that left their process group (each carries its launch's ``AUTONOMY_LAUNCH_ID``). Nothing
-here knows of zones or nodes.
+that left their process group (each carries its launch's ``AUTONOMY_LAUNCH_ID``); and to run
+a short command to its end, bounded (removing a container). Nothing here knows of zones or
+nodes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from autonomy._config import Env
@@ -26,6 +30,8 @@ __all__ = [
     "marked_pids",
     "pdeathsig_preexec",
     "process_start_time",
+    "run_quietly",
+    "run_quietly_async",
     "signal_group",
     "signal_pid",
     "wait_until",
@@ -148,6 +154,50 @@ def kill_marked(launch_id: str, *, grace_s: float) -> int:
             signal_pid(pid, signal.SIGKILL)
         wait_until(lambda: not marked_pids(launch_id), KILL_WAIT_S)
     return len(pids)
+
+
+def run_quietly(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float) -> bool:
+    """Run a command to its end, its output discarded, killed after ``timeout_s``; whether it
+    ran and exited with 0 (a command that cannot start is no error here)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+            timeout=timeout_s,
+            check=False,
+        )
+        return done.returncode == 0
+    return False
+
+
+async def run_quietly_async(
+    argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float
+) -> bool:
+    """`run_quietly` on the event loop: the command is killed after ``timeout_s``, or when the
+    caller is cancelled."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+        )
+    except OSError:
+        return False
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await process.wait() == 0
+    except TimeoutError:
+        return False
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.shield(process.wait())
 
 
 def pdeathsig_preexec() -> Callable[[], None] | None:

@@ -11,7 +11,9 @@ No orphans: each process gets ``PR_SET_PDEATHSIG=SIGKILL`` (Linux), so it dies w
 launcher even when the launcher is SIGKILLed; when a node's main process exits, the rest of
 its process group is killed (as Docker does when a container's main process exits); and
 every process carries ``AUTONOMY_LAUNCH_ID``, so strays that left their group are found in
-``/proc`` and killed at the end.
+``/proc`` and killed at the end. A container that is not a node runs under docker or podman,
+whose container outlives a killed client: its ``stop_argv`` (``docker rm --force``) runs
+whenever its process has ended.
 
 It knows nothing of the wire: nodes find each other themselves (``AUTONOMY_EXPECTED_NODES``).
 """
@@ -45,8 +47,11 @@ from ._processes import (
     kill_marked,
     pdeathsig_preexec,
     process_start_time,
+    run_quietly,
+    run_quietly_async,
     signal_group,
 )
+from ._text import brief_list
 from ._zonefile import ZoneFile
 
 __all__ = [
@@ -73,6 +78,8 @@ MAX_RESTARTS = 5
 RESTART_RESET_S = 60.0
 """A node that ran this long before crashing starts its restart count afresh."""
 MAX_LINE_BYTES: Final = 64 * 1024
+CLEANUP_TIMEOUT_S: Final = 15.0
+"""How long a process's ``stop_argv`` (removing a container) may take."""
 
 
 class NodeState(enum.StrEnum):
@@ -124,6 +131,10 @@ class NodeRecord:
     returncode: int | None = None
     restarts: int = 0
     error: str | None = None
+    is_node: bool = True
+    """False for a container that is not a node (``zone list`` asks nodes only)."""
+    stop_argv: list[str] = field(default_factory=list)
+    """What removes its container, should the process be gone and the container not."""
 
     def __post_init__(self) -> None:
         self.state = NodeState(self.state)  # from a state file: a plain str
@@ -183,6 +194,8 @@ class _Child:
     protocol: _ChildProtocol | None = None
     started_mono: float = 0.0
     quick_restarts: int = 0
+    needs_cleanup: bool = False
+    """Its process ran, and its ``stop_argv`` has not run since."""
 
     def is_running(self) -> bool:
         return self.transport is not None and self.transport.get_returncode() is None
@@ -236,6 +249,8 @@ class Supervisor:
                     argv=list(spec.argv),
                     cwd=spec.cwd,
                     log=f"{log_dir.name}/{spec.name}.log" if log_dir is not None else None,
+                    is_node=spec.is_node,
+                    stop_argv=list(spec.stop_argv),
                 ),
             )
             for spec in specs
@@ -326,6 +341,10 @@ class Supervisor:
                 if child.transport is not None:
                     child.transport.close()
                     child.transport = None
+            for child in self._children:
+                if child.needs_cleanup:  # its watcher was cancelled before it could
+                    child.needs_cleanup = False
+                    run_quietly(child.spec.stop_argv, child.spec.env, CLEANUP_TIMEOUT_S)
             strays = kill_marked(self.launch_id, grace_s=1.0)
             if strays:
                 logger.warning("killed %d stray process(es) left by zone %s", strays, self.zone)
@@ -400,6 +419,7 @@ class Supervisor:
             if log_fd is not None:
                 os.close(log_fd)
         child.transport, child.protocol = transport, protocol
+        child.needs_cleanup = bool(child.spec.stop_argv)
         if stdout != subprocess.PIPE:
             protocol.drained.set()
         pid = transport.get_pid()
@@ -427,6 +447,7 @@ class Supervisor:
                 await asyncio.wait_for(child.protocol.drained.wait(), DRAIN_S)
             child.transport.close()
             child.transport = None
+            await _clean_up(child)
             record.returncode = returncode
             what = describe_exit(returncode)
             if record.name == self.exit_with and not self._is_stopping():
@@ -515,6 +536,15 @@ class Supervisor:
             self._output_broken = True
 
 
+async def _clean_up(child: _Child) -> None:
+    """Run a process's ``stop_argv`` (``docker rm --force``), bounded; a failure is logged."""
+    if child.needs_cleanup:
+        argv = child.spec.stop_argv
+        if not await run_quietly_async(argv, child.spec.env, CLEANUP_TIMEOUT_S):
+            logger.debug("%s: %s failed or found nothing", child.record.name, shlex.join(argv))
+        child.needs_cleanup = False
+
+
 def _launch_id_of(specs: Sequence[LaunchSpec]) -> str:
     ids = {spec.launch_id for spec in specs}
     if len(ids) == 1 and (only := ids.pop()):
@@ -553,24 +583,29 @@ def deploy_foreground(
     stop_timeout_s: float = STOP_TIMEOUT_S,
     output: TextIO | None = None,
     exit_with: str | None = None,
+    nodes: Sequence[str] | None = None,
+    bind: str | None = None,
 ) -> RunResult:
-    """Run a zone here until every process has ended or a signal stops them all.
+    """Run a zone (or the share of it ``nodes`` names, bound to ``bind``: see `plan`) here
+    until every process has ended or a signal stops them all.
 
     With ``exit_with`` (a node's name), that node returns once its ``main`` does
     (AUTONOMY_WAIT_UNTIL_INTERRUPTED=0), and its exit stops the zone: the run's exit code is
     then 0 if it succeeded. Whether the zone already runs detached is the caller's to check.
 
     Raises:
-        ValueError: ``exit_with`` is not the name of a node of the zone.
+        ValueError: ``exit_with`` is not the name of a node of the zone (or of the share).
+        ConfigError: a container that is not a node is to run, and no docker or podman is
+            installed (before anything starts).
     """
-    if exit_with is not None and exit_with not in zone.node_names():
+    if exit_with is not None and exit_with not in (nodes or zone.node_names()):
         raise ValueError(f"exit_with={exit_with!r} is not a node of zone {zone.name}")
     launch_id = secrets.token_hex(8)
     specs = [
         dataclasses.replace(spec, env={**spec.env, Env.WAIT_UNTIL_INTERRUPTED.value: "0"})
         if spec.name == exit_with
         else spec
-        for spec in plan(zone, extra_env=extra_env, launch_id=launch_id)
+        for spec in plan(zone, extra_env=extra_env, launch_id=launch_id, nodes=nodes, bind=bind)
     ]
     supervisor = Supervisor(
         specs,
@@ -581,7 +616,14 @@ def deploy_foreground(
         zone=zone.name,
         exit_with=exit_with,
     )
+    share = f" ({brief_list(spec.name for spec in specs)})" if nodes is not None else ""
+    where = f", bound to {bind}" if bind is not None else ""
     logger.info(
-        "deploying zone %s from %s: %d node(s); Ctrl-C stops it", zone.name, zone.dir, len(specs)
+        "deploying zone %s from %s: %d node(s)%s%s; Ctrl-C stops it",
+        zone.name,
+        zone.dir,
+        len(specs),
+        share,
+        where,
     )
     return asyncio.run(run_with_signals(supervisor, announce=True))

@@ -3,7 +3,9 @@
 A zone folder holds ``autonomy.yaml`` (the zone's name and its pods, clones and containers)
 and one ``images/<image>/`` folder per image, with a ``Dockerfile`` and the image's code.
 This module reads and checks them and derives the node name of every container of every
-clone. It starts nothing, and leaves the Dockerfiles to ``_dockerfile``.
+clone. A container whose ``image`` is an image reference (``postgres:16``) rather than a
+folder name is not a node: it runs as it is, and no node waits for it. This module starts
+nothing, and leaves the Dockerfiles to ``_dockerfile``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "ZoneFile",
     "MAX_NODES",
     "ZONE_FILE_NAME",
+    "is_image_reference",
     "load_zone",
     "node_name",
     "parse_zone",
@@ -48,6 +51,17 @@ one environment variable of 128 KiB or more; 500 of the longest node names take 
 
 _LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _IMAGE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_REGISTRY: Final = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+)
+_PATH_COMPONENT: Final = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE_RE: Final = re.compile(
+    rf"{_REGISTRY}{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+"""An image reference as Docker reads one: ``[registry[:port]/]path[:tag][@digest]``."""
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _ZONE_KEYS: Final = frozenset({"name", "pods"})
@@ -56,16 +70,35 @@ _CONTAINER_KEYS: Final = frozenset({"name", "image", "env", "args"})
 _ENV_ITEM_KEYS: Final = frozenset({"name", "value"})
 
 
+def is_image_reference(image: str) -> bool:
+    """Whether a container's ``image`` names an image (``postgres:16``, ``bitnami/redis``,
+    ``ghcr.io/org/mcp@sha256:...``) rather than a folder under ``images/``: it has a tag, a
+    digest or a path. A bare name (``main``) is a folder."""
+    return any(mark in image for mark in ":/@")
+
+
+def is_valid_reference(reference: str) -> bool:
+    """Whether ``reference`` is an image reference Docker accepts (lowercase path)."""
+    return len(reference) <= 255 and _REFERENCE_RE.fullmatch(reference) is not None
+
+
 @dataclass(frozen=True)
 class Container:
-    """One container of a pod: a process running ``images/<image>/``'s command."""
+    """One container of a pod: a node running ``images/<image>/``'s command, or (when
+    ``image`` is an image reference such as ``postgres:16``) a container that is not a node."""
 
     name: str
     image: str
+    """A folder under ``images/`` (a node), or an image reference (not a node)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables (``env:`` as a list of {name, value} or a mapping)."""
     args: list[str] = field(default_factory=list)
     """Arguments that replace the image's CMD (as ``docker run IMAGE ARGS...`` does)."""
+
+    @property
+    def is_node(self) -> bool:
+        """Whether this container is an autonomy node (its image is a folder of the zone)."""
+        return not is_image_reference(self.image)
 
 
 @dataclass(frozen=True)
@@ -81,13 +114,19 @@ class Pod:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One process of the zone: a container of one clone of a pod, with its node name."""
+    """One process of the zone: a container of one clone of a pod, with its node name (a
+    container that is not a node has a name of the same form)."""
 
     name: str
     pod: Pod
     clone: int | None
     """The 0-based clone index, or None for a pod of a single clone."""
     container: Container
+
+    @property
+    def is_node(self) -> bool:
+        """Whether this process is an autonomy node (not, say, a database)."""
+        return self.container.is_node
 
 
 @dataclass(frozen=True)
@@ -114,8 +153,20 @@ class ZoneFile:
         return tuple(_iter_nodes(self.pods))
 
     def node_names(self) -> list[str]:
-        """The node names of every process of the zone, in start order."""
+        """The names of every process of the zone, in start order (containers that are not
+        nodes included)."""
         return [node.name for node in self.nodes]
+
+    def expected_nodes(self) -> list[str]:
+        """The names of the zone's nodes (``AUTONOMY_EXPECTED_NODES``): every process but the
+        containers that are not nodes."""
+        return [node.name for node in self.nodes if node.is_node]
+
+    def key_of(self, spec: NodeSpec) -> str:
+        """The key path of a process's container in autonomy.yaml: ``pods[1].containers[0]``."""
+        pod = next(i for i, pod in enumerate(self.pods) if pod.name == spec.pod.name)
+        container = spec.pod.containers.index(spec.container)
+        return f"pods[{pod}].containers[{container}]"
 
 
 def node_name(pod: str, clone: int | None, container: str) -> str:
@@ -432,24 +483,36 @@ def _parse_container(check: _Checker, raw: object, key: str, zone_dir: Path | No
     if "image" not in container:
         raise check.error(
             f"{key}.image",
-            f"missing: expected `image: <folder name under {IMAGES_DIR_NAME}/>`",
+            f"missing: expected `image: <folder name under {IMAGES_DIR_NAME}/>` (a node), or "
+            "an image reference such as postgres:16 (a container that is not a node)",
             container,
             "name",
         )
     image = container["image"]
-    if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image):
+    if isinstance(image, str) and is_image_reference(image):
+        if not is_valid_reference(image):
+            raise check.error(
+                f"{key}.image",
+                f"{image!r} is not a valid image reference: expected "
+                "[REGISTRY[:PORT]/]PATH[:TAG][@DIGEST], the path in lowercase, such as "
+                "postgres:16 or ghcr.io/org/server:1.2",
+                container,
+                "image",
+            )
+    elif not isinstance(image, str) or not _IMAGE_RE.fullmatch(image):
         raise check.error(
             f"{key}.image",
             f"expected the name of a folder under {IMAGES_DIR_NAME}/ (letters, digits, '.', "
-            f"'_', '-'), got {_describe(image)}",
+            f"'_', '-'), or an image reference such as postgres:16, got {_describe(image)}",
             container,
             "image",
         )
-    if zone_dir is not None and not (zone_dir / IMAGES_DIR_NAME / image).is_dir():
+    elif zone_dir is not None and not (zone_dir / IMAGES_DIR_NAME / image).is_dir():
         raise check.error(
             f"{key}.image",
             f"image folder {IMAGES_DIR_NAME}/{image}/ not found in {zone_dir}: expected "
-            f"{IMAGES_DIR_NAME}/{image}/Dockerfile and the image's code beside it",
+            f"{IMAGES_DIR_NAME}/{image}/Dockerfile and the image's code beside it (an image "
+            f"from a registry needs a tag or a path: {image}:latest, docker.io/library/{image})",
             container,
             "image",
         )
