@@ -110,9 +110,9 @@ class ZoneAgent:
         self._departed: dict[str, str] = {}
         """Why each node that left did (the latest few): a call to it says so."""
         self._duplicates: set[str] = set()
+        """Runs refused as a second node of a member's name (logged once each)."""
         self._waiting: dict[str, Update] = {}
         """Newer runs of members' names, waiting to know whether the member is gone."""
-        """Runs refused as a second node of a member's name (logged once each)."""
         self._name_checks: dict[str, asyncio.Task[None]] = {}
         self._dead: dict[str, tuple[str, str, float]] = {}
         """Members declared dead lately: name -> (endpoint, instance, until when to retry)."""
