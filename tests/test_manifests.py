@@ -20,7 +20,7 @@ import yaml
 
 from autonomy import Zone
 from autonomy.cli import main
-from autonomy.cli._manifests import MESH_PORT, SIZES
+from autonomy.cli._manifests import MESH_PORT, METRICS_PORT, SIZES
 
 from .conftest import REPO, unique
 from .netns import NetnsLab, netns_available
@@ -194,7 +194,16 @@ def test_distribute_becomes_a_secret_a_headless_service_and_a_statefulset_per_po
     assert runner["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (container,) = containers(runner)
     assert container["image"] == "distribute-runner"
-    assert container["ports"] == [{"name": "mesh", "containerPort": MESH_PORT}]
+    assert container["ports"] == [
+        {"name": "mesh", "containerPort": MESH_PORT},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+    annotations = runner["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     expected = "main-pod-main," + ",".join(f"runner-pod-{i}-runner" for i in range(5))
     assert env_of(container) == {
         "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
@@ -208,6 +217,7 @@ def test_distribute_becomes_a_secret_a_headless_service_and_a_statefulset_per_po
         "AUTONOMY_PEERS": f"distribute.demo.svc:{MESH_PORT}",
         "AUTONOMY_DISCOVERY": "0",
         "AUTONOMY_EXPECTED_NODES": expected,
+        "AUTONOMY_METRICS": f"$(POD_IP):{METRICS_PORT}",
         "AUTONOMY_ZONE_SECRET": {
             "secretKeyRef": {"name": "distribute-zone-secret", "key": "secret"}
         },
@@ -257,8 +267,14 @@ def test_containers_that_are_not_nodes_go_in_as_they_are_and_are_never_expected(
     assert main_env["AUTONOMY_EXPECTED_NODES"] == helper_env["AUTONOMY_EXPECTED_NODES"] == expected
     # A pod's second node container binds the next port; seeds stay on the first.
     assert (main["ports"], helper["ports"]) == (
-        [{"name": "mesh", "containerPort": MESH_PORT}],
-        [{"name": "mesh-1", "containerPort": MESH_PORT + 1}],
+        [
+            {"name": "mesh", "containerPort": MESH_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        [
+            {"name": "mesh-1", "containerPort": MESH_PORT + 1},
+            {"name": "metrics-1", "containerPort": METRICS_PORT + 1},
+        ],
     )
     assert helper_env["AUTONOMY_BIND"] == f"$(POD_IP):{MESH_PORT + 1}"
     assert helper_env["AUTONOMY_PEERS"] == f"shop:{MESH_PORT}"

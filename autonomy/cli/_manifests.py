@@ -39,6 +39,7 @@ from ._zonefile import Container, Pod, ZoneFile, is_valid_reference
 
 __all__ = [
     "MESH_PORT",
+    "METRICS_PORT",
     "PUBLIC_LABEL",
     "SIZES",
     "Resources",
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("autonomy.cli")
+
+METRICS_PORT: Final = 9464
+"""Each node serves Prometheus metrics on its pod's IP at this port (the next node of a pod
+at the next port); the pod's annotations point a scraper at its first node's."""
 
 MESH_PORT: Final = 7100
 """The port of a pod's first node container (the seed port); its next node containers take
@@ -187,6 +192,14 @@ def manifests(
             template_labels[NODE_LABEL] = "true"
         if pod.public:
             template_labels[PUBLIC_LABEL] = "true"
+        metadata: dict[str, Any] = {"labels": template_labels}
+        if node_index:
+            # The common convention of Prometheus' Kubernetes discovery (one port per pod).
+            metadata["annotations"] = {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+            }
         objects.append(
             _object(
                 "apps/v1",
@@ -200,7 +213,7 @@ def manifests(
                     "podManagementPolicy": "Parallel",
                     "selector": {"matchLabels": labels},
                     "template": {
-                        "metadata": {"labels": template_labels},
+                        "metadata": metadata,
                         "spec": {
                             # Nodes call no Kubernetes API, and need no service variables.
                             "automountServiceAccountToken": False,
@@ -276,6 +289,7 @@ def _node_container(
         Env.PEERS.value: f"{peers_host}:{MESH_PORT}",
         Env.DISCOVERY.value: "0",
         Env.EXPECTED_NODES.value: expected,
+        Env.METRICS.value: f"$({POD_IP_VAR}):{METRICS_PORT + port - MESH_PORT}",
     }
     ours = {*identity, POD_NAME_VAR, POD_IP_VAR, Env.ZONE_SECRET.value}
     for name in sorted(ours & container.env.keys()):
@@ -304,7 +318,13 @@ def _node_container(
         spec["args"] = [_escape(arg) for arg in container.args]
     port_name = "mesh" if port == MESH_PORT else f"mesh-{port - MESH_PORT}"
     spec["env"] = env
-    spec["ports"] = [{"name": port_name, "containerPort": port}]
+    spec["ports"] = [
+        {"name": port_name, "containerPort": port},
+        {
+            "name": port_name.replace("mesh", "metrics"),
+            "containerPort": METRICS_PORT + port - MESH_PORT,
+        },
+    ]
     spec["resources"] = resources.as_spec()
     return spec
 
