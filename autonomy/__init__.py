@@ -5,14 +5,14 @@ a module imports only from the rows above its own, at any depth (inside function
 TYPE_CHECKING too), so no import circle can form. ``tests/test_imports.py`` reads this table
 and holds the code to it.
 
-    1  _errors  _threads
+    1  _errors  _threads  _build
     2  _config  _protocol  _deadlines  _shipping  _tools  _gossip  _addresses
     3  _secret  _outbox  _discovery  _worker  _sockets
     4  _transport
     5  _mailbox  _peer  _base
     6  _inbound  _neighbours  _remote  _model
     7  _membership  _agent
-    8  _metrics
+    8  _metrics  _handles
     9  _node
    10  _zone
    11  __init__

@@ -57,7 +57,7 @@ __all__ = ["CREDIT_BATCH", "REMOTE_QUEUE_LIMIT", "DialerCredit", "DialerReply", 
 
 log = logging.getLogger("autonomy.node")
 
-REMOTE_QUEUE_LIMIT: Final = 100_000
+REMOTE_QUEUE_LIMIT: int = 100_000  # not Final: the tests lower it (see _peer.SEND_WINDOW)
 """Hard limit of a worker's queue for remote senders, who are bounded by their credit
 windows and MAX_PENDING_PER_PEER already: past it, a sender that ignores those bounds gets
 `MailboxFullError` instead of growing our memory."""

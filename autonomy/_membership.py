@@ -38,7 +38,7 @@ from ._neighbours import Neighbours, Outlets
 from ._peer import PEER_UNREACHABLE_S, Identity, Link, Links, LinkState
 from ._protocol import GOSSIP, MEMBERS, VERSION, encode
 
-__all__ = ["GOSSIP_INTERVAL_S", "SUSPECT_TIMEOUT_S", "MemberLink", "ZoneAgent"]
+__all__ = ["GOSSIP_INTERVAL_S", "SUSPECT_TIMEOUT_S", "ZoneAgent"]
 
 log = logging.getLogger("autonomy.discovery")
 
@@ -628,26 +628,3 @@ class ZoneAgent:
             await asyncio.sleep(after_start_s - age)
         age = time.monotonic() - self.started_at
         await self.members.wait_settled(quiet_s, max(0.0, max_s - age))
-
-
-class MemberLink:
-    """A node of the zone by name, resolved to a link on each call: while no node of that
-    name is a member, calls fail at once; when one is again (a restart, at a new address),
-    the same handle reaches it. The lookup is cached until the membership changes (or the
-    link is closed for idleness)."""
-
-    __slots__ = ("_agent", "_link", "_version", "name")
-
-    def __init__(self, agent: ZoneAgent, name: str) -> None:
-        self._agent = agent
-        self.name = name
-        self._link: Link | None = None
-        self._version = -1
-
-    def __call__(self) -> Link:
-        version = self._agent.members.version
-        link = self._link
-        if link is None or version != self._version or link.state is LinkState.CLOSED:
-            link = self._link = self._agent.link_to(self.name)
-            self._version = version
-        return link

@@ -31,11 +31,12 @@ from ._errors import (
     WorkerNotFoundError,
     WorkerStartError,
 )
+from ._handles import EndpointLink, MemberLink
 from ._inbound import Inbound
 from ._mailbox import MAILBOX_SIZE, Mailbox, Workers
-from ._membership import MemberLink, ZoneAgent
+from ._membership import ZoneAgent
 from ._metrics import MetricsServer, metrics_address, snapshot
-from ._peer import Identity, Link, Links
+from ._peer import Identity, Links
 from ._protocol import MAX_FRAME_BYTES, check_name
 from ._remote import RemoteNode
 from ._secret import derive_seeds, zone_secret
@@ -165,7 +166,7 @@ class Node(NodeInterface):
         self._state = NodeState.NEW
         self._workers = Workers(self, mailbox_size)
         self._names: set[str] = set()
-        self._remotes: dict[str, tuple[Link, RemoteNode]] = {}
+        self._remotes: dict[str, tuple[EndpointLink, RemoteNode]] = {}
         """Per endpoint, the `RemoteNode` handed out for its current link (``connect``)."""
         self._members: dict[str, RemoteNode] = {}
         """Per name, the `RemoteNode` that follows the zone's member of that name."""
@@ -573,10 +574,11 @@ class Node(NodeInterface):
         assert self._links is not None
         link = self._links.get(endpoint, name)
         known = self._remotes.get(endpoint)
-        if known is not None and known[0] is link:
+        if known is not None and known[0]() is link:
             return known[1]
-        remote = RemoteNode(self.zone, self._max_frame_bytes, link.name or endpoint, lambda: link)
-        self._remotes[endpoint] = (link, remote)
+        reopening = EndpointLink(self._links, link)
+        remote = RemoteNode(self.zone, self._max_frame_bytes, link.name or endpoint, reopening)
+        self._remotes[endpoint] = (reopening, remote)
         return remote
 
 

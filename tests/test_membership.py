@@ -131,3 +131,24 @@ async def test_an_observer_sees_the_zone_and_reads_its_stats_but_is_no_member(
         for node in nodes:
             assert node.membership.members.get("observer") is None
             assert "observer" not in [peer.name for peer in node.peers()]
+
+
+async def test_a_handle_whose_connection_closed_for_idleness_opens_a_new_one(
+    zone_of_eight: list[Node],
+) -> None:
+    from .workers import Echoer
+
+    caller = zone_of_eight[0]
+    await eventually(lambda: settled(zone_of_eight), 10, "the news to settle")
+    kept = caller.membership.neighbours.watched
+    callee = next(node for node in zone_of_eight[1:] if node.endpoint not in kept)
+    await callee.start_worker("echo", Echoer())
+    by_endpoint = await bounded(caller.connect(callee.endpoint))
+    (by_name,) = [peer for peer in caller.peers() if peer.name == callee.name]
+    assert await by_endpoint.send_and_receive("echo", "one", timeout=5000) == "one"
+    assert await by_name.send_and_receive("echo", "two", timeout=5000) == "two"
+    await eventually(
+        lambda: caller._links.find(callee.endpoint) is None, 10, "the idle link to close"
+    )
+    assert await by_endpoint.send_and_receive("echo", "three", timeout=5000) == "three"
+    assert await by_name.send_and_receive("echo", "four", timeout=5000) == "four"
