@@ -32,6 +32,7 @@ from importlib import metadata as _metadata
 
 from ._agent import Agent as Agent
 from ._base import DEFAULT_TIMEOUT_MS as DEFAULT_TIMEOUT_MS
+from ._build import build_info as _build_info
 from ._errors import AgentError as AgentError
 from ._errors import AutonomyError as AutonomyError
 from ._errors import ConfigError as ConfigError
@@ -60,6 +61,9 @@ from ._remote import RemoteNode as RemoteNode
 from ._worker import Context as Context
 from ._worker import Worker as Worker
 from ._zone import Zone as Zone
+
+__build__: str = _build_info()
+"""Which build runs: ``pure Python`` or ``compiled (mypyc)`` (``python -m autonomy._build``)."""
 
 try:
     __version__ = _metadata.version("autonomy")

@@ -1,15 +1,14 @@
-"""The compiled build: the hot modules compiled with mypyc, in place, beside their sources.
-
-    python -m autonomy._build            compile (needs mypy and a C compiler)
-    python -m autonomy._build --clean    back to pure Python
+"""The compiled build: the hot modules compiled with mypyc, beside their sources.
 
 The same sources run either way: Python imports a module's compiled extension before its
 ``.py`` when both are there, so compiling only adds files. `build_info` says which runs.
+``pip install .`` compiles them where mypy and a C compiler are at hand (``hatch_build.py``;
+``AUTONOMY_PURE_PYTHON=1`` skips it), an editable install does not; ``scripts/compile``
+compiles a source tree in place (``--clean`` undoes it).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.machinery
 import importlib.util
 import shutil
@@ -43,7 +42,8 @@ ignore_missing_imports = True
 
 
 def build_info() -> str:
-    """``compiled (mypyc)``, ``pure Python``, or ``partly compiled (...)``."""
+    """``compiled with mypyc``, ``pure Python``, or ``partly compiled (...)``."""
+    importlib.invalidate_caches()  # a build that just changed the files is seen
     compiled = []
     for name in COMPILED:
         spec = importlib.util.find_spec(f"autonomy.{name}")
@@ -53,30 +53,31 @@ def build_info() -> str:
     if not compiled:
         return "pure Python"
     if len(compiled) == len(COMPILED):
-        return "compiled (mypyc)"
+        return "compiled with mypyc"
     return f"partly compiled ({', '.join(compiled)})"
 
 
-def _artifacts() -> list[Path]:
+def _artifacts(package: Path) -> list[Path]:
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    found = [p for p in PACKAGE.iterdir() if p.name.endswith(suffixes)]
-    found += [p for p in PACKAGE.parent.iterdir() if "__mypyc" in p.name]
+    found = [p for p in package.iterdir() if p.name.endswith(suffixes)]
+    found += [p for p in package.parent.iterdir() if "__mypyc" in p.name]
     return found
 
 
-def clean() -> None:
-    """Remove every compiled module: the package is pure Python again."""
-    for path in _artifacts():
+def clean(package: Path = PACKAGE) -> None:
+    """Remove every compiled module of ``package``: it is pure Python again."""
+    for path in _artifacts(package):
         path.unlink()
 
 
-def compile_in_place() -> None:
-    """Compile `COMPILED` with mypyc; the extensions land beside the sources.
+def compile_in_place(package: Path = PACKAGE) -> list[Path]:
+    """Compile `COMPILED` of ``package`` with mypyc; the extensions land beside the
+    sources, and the group's shared library beside the package. Returns what it made.
 
     Raises:
         subprocess.CalledProcessError: mypyc failed (no compiler, a type error...).
     """
-    clean()
+    clean(package)
     with tempfile.TemporaryDirectory() as work:
         config = Path(work) / "mypy.ini"
         config.write_text(_MYPY_CONFIG)
@@ -84,7 +85,7 @@ def compile_in_place() -> None:
         # path relative to it: a link to the package there puts them beside the sources
         # (and keeps the project's pyproject.toml out of the build). The group's shared
         # library lands in the working directory: it goes beside the package.
-        (Path(work) / "autonomy").symlink_to(PACKAGE, target_is_directory=True)
+        (Path(work) / "autonomy").symlink_to(package, target_is_directory=True)
         sources = [f"autonomy/{name}.py" for name in COMPILED]
         subprocess.run(
             [sys.executable, "-m", "mypyc", "--config-file", str(config), *sources],
@@ -93,19 +94,5 @@ def compile_in_place() -> None:
             stdout=subprocess.DEVNULL,
         )
         for built in Path(work).glob("*__mypyc*"):
-            shutil.copy2(built, PACKAGE.parent / built.name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autonomy._build", description=__doc__)
-    parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
-    args = parser.parse_args(argv)
-    if args.clean:
-        clean()
-    else:
-        compile_in_place()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            shutil.copy2(built, package.parent / built.name)
+    return _artifacts(package)

@@ -14,6 +14,8 @@ import logging
 import textwrap
 from typing import Any
 
+import autonomy
+
 from ._manifests import MESH_PORT, SIZES
 from ._supervisor import STOP_TIMEOUT_S
 
@@ -173,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `autonomy zone --help` for running zones here, across a LAN, or in Kubernetes.",
         formatter_class=formatter,
     )
-    parser.add_argument("--version", action="version", version=f"autonomy {_version()}")
+    parser.add_argument(
+        "--version", action="version", version=f"autonomy {_version()} ({autonomy.__build__})"
+    )
     _add_verbosity(parser, default=True)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
