@@ -41,6 +41,7 @@ from ._protocol import (
     START,
     STATS,
     STOP,
+    VERSION,
     check_frame,
     check_name,
     encode,
@@ -52,6 +53,7 @@ from ._protocol import (
     split,
 )
 from ._transport import Transport
+from ._worker import CreditLine
 
 __all__ = ["CREDIT_BATCH", "REMOTE_QUEUE_LIMIT", "DialerCredit", "DialerReply", "Inbound"]
 
@@ -215,10 +217,35 @@ class Inbound:
             log.debug("cannot answer dialer %r: %s", ident, exc)
 
     def on_message(self, ident: bytes, data: bytes) -> None:
-        """The transport's handler for one ZeroMQ message from a dialer (one or more frames)."""
+        """The transport's handler for one ZeroMQ message from a dialer (one or more frames).
+
+        A burst of one-way messages to one worker (a sender coalesces what it sends in one
+        loop turn) is queued as a batch: the worker and the sender's window are looked up
+        once, not per frame.
+        """
         frames, error = split(data, self._max_frame_bytes)
         logged = False  # the log counts bad messages, not the frames in them
+        worker = None  # the worker of the SEND frames in a row, and where they go
+        mailbox: Mailbox | None = None
+        line: CreditLine | None = None
         for each in frames:
+            if (
+                line is not None
+                and type(each) is list
+                and len(each) == 5
+                and each[1] == SEND
+                and each[2] == worker
+                and each[4] == 0
+                and type(each[3]) is str
+                and each[0] == VERSION
+                and line.queued < 2 * SEND_WINDOW
+                and self.running
+            ):
+                assert mailbox is not None
+                line.queued += 1
+                mailbox.put_nowait(each[3], None, line)
+                continue
+            line = None
             try:
                 frame = check_frame(each)
             except ProtocolError as exc:
@@ -226,6 +253,10 @@ class Inbound:
                 logged = True
                 continue
             self._on_frame(ident, frame)
+            if frame[1] == SEND and self.running:
+                worker = frame[2]
+                mailbox = self._workers.get(worker)
+                line = mailbox.credit_lines.get(ident) if mailbox is not None else None
         if error is not None:
             # Over the limit (under libzmq's cut at twice the limit) a whole request may
             # still name its id: answer it.
