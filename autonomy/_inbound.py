@@ -219,33 +219,53 @@ class Inbound:
     def on_message(self, ident: bytes, data: bytes) -> None:
         """The transport's handler for one ZeroMQ message from a dialer (one or more frames).
 
-        A burst of one-way messages to one worker (a sender coalesces what it sends in one
-        loop turn) is queued as a batch: the worker and the sender's window are looked up
-        once, not per frame.
+        A burst of requests or one-way messages to one worker (a sender coalesces what it
+        sends in one loop turn) is queued as a batch: the worker, the sender's window and
+        the time are looked up once, not per frame. Each frame is still checked in full.
         """
         frames, error = split(data, self._max_frame_bytes)
         logged = False  # the log counts bad messages, not the frames in them
-        worker = None  # the worker of the SEND frames in a row, and where they go
+        worker = None  # the worker of the frames in a row of one kind, and where they go
+        kind = 0
         mailbox: Mailbox | None = None
         line: CreditLine | None = None
+        now = 0.0
         for each in frames:
             if (
-                line is not None
+                mailbox is not None
                 and type(each) is list
-                and len(each) == 5
-                and each[1] == SEND
-                and each[2] == worker
-                and each[4] == 0
-                and type(each[3]) is str
+                and len(each) >= 5
+                and each[1] == kind
                 and each[0] == VERSION
-                and line.queued < 2 * SEND_WINDOW
                 and self.running
             ):
-                assert mailbox is not None
-                line.queued += 1
-                mailbox.put_nowait(each[3], None, line)
-                continue
-            line = None
+                if (
+                    kind == REQUEST
+                    and len(each) == 6
+                    and each[3] == worker
+                    and type(each[2]) is int
+                    and each[2] > 0
+                    and type(each[4]) is str
+                    and type(each[5]) is int
+                    and each[5] >= 0
+                    and mailbox.queued < REMOTE_QUEUE_LIMIT
+                ):
+                    timeout_ms = each[5]
+                    deadline = now + timeout_ms / 1000 if timeout_ms else 0.0
+                    mailbox.put_nowait(each[4], DialerReply(self, ident, each[2], deadline))
+                    continue
+                if (
+                    line is not None
+                    and len(each) == 5
+                    and each[2] == worker
+                    and each[4] == 0
+                    and type(each[3]) is str
+                    and line.queued < 2 * SEND_WINDOW
+                ):
+                    line.queued += 1
+                    mailbox.put_nowait(each[3], None, line)
+                    continue
+            mailbox = None
             try:
                 frame = check_frame(each)
             except ProtocolError as exc:
@@ -253,10 +273,13 @@ class Inbound:
                 logged = True
                 continue
             self._on_frame(ident, frame)
-            if frame[1] == SEND and self.running:
-                worker = frame[2]
+            kind = frame[1]
+            if kind in (SEND, REQUEST) and self.running:
+                worker = frame[3] if kind == REQUEST else frame[2]
                 mailbox = self._workers.get(worker)
-                line = mailbox.credit_lines.get(ident) if mailbox is not None else None
+                if mailbox is not None:
+                    line = mailbox.credit_lines.get(ident) if kind == SEND else None
+                    now = self.loop.time()
         if error is not None:
             # Over the limit (under libzmq's cut at twice the limit) a whole request may
             # still name its id: answer it.
