@@ -7,6 +7,8 @@ This module parses the command line, runs the command and prints. The work is do
 - ``_supervisor``: runs and stops a zone's processes (the foreground run);
 - ``_detached``: the daemon of a detached zone and its state; ``_logs``: its logs;
 - ``_mesh``: asks a running zone which workers its nodes host; ``_text``: tables and such.
+- ``_observe``: ``zone dashboard`` and ``zone top``, a running zone watched live (``_watcher``,
+  ``_zoneview``, ``_dashboard``, ``_top``).
 
 ``main(argv)`` returns the exit status: 0 ok, 1 a runtime failure (a node failed, the zone
 could not start), 2 a usage or configuration error.
@@ -41,6 +43,7 @@ from ._detached import (
 )
 from ._logs import print_logs
 from ._mesh import describe_workers
+from ._observe import add_observe_commands
 from ._supervisor import STOP_TIMEOUT_S, NodeState, deploy_foreground
 from ._text import brief_list, table, uptime
 from ._zonefile import ZONE_FILE_NAME, ZoneFile, load_zone
@@ -518,6 +521,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_zone_options(secret)
     _add_verbosity(secret, default=False)
     secret.set_defaults(func=_cmd_secret)
+
+    add_observe_commands(  # zone dashboard, zone top
+        actions,
+        formatter,
+        _add_target_options,
+        _add_verbosity,
+        lambda zone, folder: _target_zone(zone, folder, required=False),
+    )
     return parser
 
 
