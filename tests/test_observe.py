@@ -194,7 +194,7 @@ async def test_the_dashboard_tells_of_nodes_joining_and_leaving(
         )
     (event,) = [e for e in left["events"] if e["kind"] == "left"]
     assert event["node"] == second.name
-    assert event["text"].startswith(f"{second.name} left: ")
+    assert event["text"].startswith(f"{second.name}: ")
     assert node_of(left, first.name) is not None
 
 

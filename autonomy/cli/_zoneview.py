@@ -29,7 +29,7 @@ MAX_EVENTS: Final = 200
 """Events kept (the newest); older ones are forgotten."""
 
 
-COALESCE_S: Final = 10.0
+COALESCE_S: Final = 30.0
 """Trouble of one kind at one worker (or node) makes at most one event this often, which
 counts what happened since the last: a worker failing all the time does not bury the joins
 and leaves."""
@@ -134,15 +134,15 @@ class ZoneView:
         """``name`` is a member now; ``found``: it was there before the observer came."""
         self._nodes[name] = _NodeTrack(name, endpoint, now)
         if found:
-            self._event(now, "found", name, f"{name} is in the zone ({endpoint})")
+            self._event(now, "found", name, f"{name} at {endpoint}")
         else:
-            self._event(now, "joined", name, f"{name} joined ({endpoint})")
+            self._event(now, "joined", name, f"{name} at {endpoint}")
 
     def left(self, name: str, reason: str, now: float) -> None:
         """``name`` is no longer a member."""
         self._flush(name, now, force=True)
         if self._nodes.pop(name, None) is not None:
-            self._event(now, "left", name, f"{name} left: {reason}")
+            self._event(now, "left", name, f"{name}: {reason}")
 
     def unreachable(self, name: str, error: str, now: float) -> None:
         """A call to ``name`` failed (or timed out): ``error`` says how."""
@@ -243,6 +243,8 @@ class ZoneView:
             for told in [told for told in self._tallies if told[0] == node]:
                 del self._tallies[told]
 
+    # Each event is shown after its kind (``JOINED runner-1 at tcp://...``): its text does
+    # not say the kind again.
     def _event(
         self, now: float, kind: str, node: str, text: str, *, worker: str | None = None
     ) -> None:
