@@ -75,7 +75,8 @@ class Tmux:
         this process's environment."""
         where = ["-c", str(cwd)] if cwd is not None else []
         size = ["-x", str(self._width), "-y", str(self._height)]
-        record = ["sh", "-c", '"$@"; echo $? > "$0"', str(self._status), *argv]
+        # The shell outlives a Ctrl-C (trapped: the program still gets it) to record.
+        record = ["sh", "-c", 'trap : INT; "$@"; echo $? > "$0"', str(self._status), *argv]
         await self.run("new-session", "-d", "-s", SESSION, *size, *where, *record)
         pids = await self.run("display-message", "-p", "-t", SESSION, "#{pid} #{pane_pid}")
         server, pane = pids.split()

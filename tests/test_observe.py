@@ -303,6 +303,16 @@ async def test_zone_top_in_tmux_shows_the_runner_its_worker_and_a_count_that_gro
         assert "autonomy zone top" not in await tmux.screen()  # the terminal is given back
 
 
+@pytest.mark.timeout(120)
+async def test_ctrl_c_quits_zone_top_and_gives_the_terminal_back(zone: str, tmp_path: Path) -> None:
+    async with Tmux(tmp_path, width=120, height=30) as tmux:
+        await tmux.start(*command("top", "--zone", zone), cwd=tmp_path)
+        await tmux.wait_for(lambda s: f"zone {zone}" in s, START_S, "the zone's name")
+        await tmux.send_keys("C-c")
+        assert await tmux.wait_exit(30) == 0
+        assert "autonomy zone top" not in await tmux.screen()
+
+
 def test_top_keeps_every_count_on_an_80_column_terminal() -> None:
     view = ZoneView("z", "observer-1")
     view.joined("runner-pod-0-runner-with-a-long-name", "tcp://127.0.0.1:40001", 0.0)
