@@ -76,3 +76,44 @@ async def test_a_metrics_address_that_cannot_be_bound_is_a_config_error(zone: st
     with pytest.raises(ConfigError, match="cannot serve metrics"):
         async with Node(zone=zone, bind="127.0.0.1", metrics="192.0.2.1:9464"):
             pass
+
+
+def test_the_readme_names_every_metric_with_its_type_and_labels() -> None:
+    import re
+    from pathlib import Path
+
+    from autonomy._metrics import _families
+
+    stats = {
+        "node": "n",
+        "zone": "z",
+        "members": 1,
+        "messages_sent": 0,
+        "messages_received": 0,
+        "refused_handshakes": 0,
+        "rejected_frames": 0,
+        "workers": {
+            "w": {
+                "handled": 0,
+                "failed": 0,
+                "queued": 0,
+                "expired": 0,
+                "handler_seconds": {"count": 0, "sum": 0.0, "buckets": {"+Inf": 0}},
+            }
+        },
+        "peers": {"p": {"in_flight": 0}},
+    }
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {
+        name: (kind, labels)
+        for names, kind, labels in re.findall(
+            r"(?m)^\| ((?:`autonomy_\w+`(?:, )?)+) \| (\w+) \| ?(`\w+`|) ?\|", readme
+        )
+        for name in re.findall(r"`(\w+)`", names)
+    }
+    families = {}
+    for family in _families(stats):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {label for sample in family.samples for label in sample.labels} - {"node", "le"}
+        families[name] = (family.type, f"`{labels.pop()}`" if labels else "")
+    assert rows == families

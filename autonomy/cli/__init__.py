@@ -1,6 +1,7 @@
 """The ``autonomy`` command: runs zone folders here, or prints them for Kubernetes.
 
-This module runs the command (deploy, logs, list, delete, secret, manifests) and prints. The
+This module runs the command (deploy, logs, list, delete, secret, manifests; dashboard and
+top through ``_observe``) and prints. The
 command line's grammar is ``_arguments``'; the work is done by:
 
 - ``_zonefile``: autonomy.yaml → a validated `ZoneFile`; ``_dockerfile``: an image's command;
@@ -10,7 +11,9 @@ command line's grammar is ``_arguments``'; the work is done by:
 - ``_supervisor``: runs and stops a zone's processes (the foreground run);
 - ``_detached``: the daemon of a detached zone and its state; ``_logs``: its logs;
 - ``_mesh``: asks a running zone which workers its nodes host; ``_text``: tables and such;
-- ``_manifests``: the zone's Kubernetes objects.
+- ``_manifests``: the zone's Kubernetes objects;
+- ``_observe``: ``zone dashboard`` and ``zone top``, a running zone watched live (``_watcher``,
+  ``_zoneview``, ``_dashboard``, ``_top``).
 
 ``main(argv)`` returns the exit status: 0 ok, 1 a runtime failure (a node failed, the zone
 could not start), 2 a usage or configuration error.
@@ -48,6 +51,7 @@ from ._detached import (
 from ._logs import print_logs
 from ._manifests import image_name, manifests, render
 from ._mesh import describe_workers
+from ._observe import run_dashboard, run_top
 from ._plan import select_nodes
 from ._supervisor import NodeState, deploy_foreground
 from ._text import brief_list, table, uptime
@@ -150,6 +154,11 @@ def _target_zone(zone: str | None, folder: str | None, *, required: bool) -> str
             "--zone NAME, or give its folder"
         )
     return None
+
+
+def _any_target_zone(zone: str | None, folder: str | None) -> str | None:
+    """The zone the user means, or None when nothing names one (as for ``zone list``)."""
+    return _target_zone(zone, folder, required=False)
 
 
 def _require_state(zone: str, bind: str | None) -> DeploymentState:
@@ -382,6 +391,8 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
     "delete": _cmd_delete,
     "secret": _cmd_secret,
     "manifests": _cmd_manifests,
+    "dashboard": lambda args: run_dashboard(args, _any_target_zone),
+    "top": lambda args: run_top(args, _any_target_zone),
 }
 
 

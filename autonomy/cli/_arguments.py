@@ -17,6 +17,7 @@ from typing import Any
 import autonomy
 
 from ._manifests import MESH_PORT, SIZES
+from ._observe import add_observe_arguments
 from ._supervisor import STOP_TIMEOUT_S
 
 __all__ = ["build_parser", "is_label"]
@@ -195,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  autonomy zone logs -f runner         follow the output of the runner nodes\n"
         "  autonomy zone list                   show the nodes and their state\n"
         "  autonomy zone delete                 stop the zone and remove its state\n"
-        "  autonomy zone manifests | kubectl apply -f -   run the zone in Kubernetes",
+        "  autonomy zone manifests | kubectl apply -f -   run the zone in Kubernetes\n"
+        "  autonomy zone dashboard              watch the running zone in the browser\n"
+        "  autonomy zone top                    the same in the terminal",
         formatter_class=formatter,
     )
     actions = zone.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -371,4 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbosity(kube, default=False)
     kube.set_defaults(command="manifests")
+
+    add_observe_arguments(actions, formatter, _add_target_options, _add_verbosity)
     return parser
