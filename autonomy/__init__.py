@@ -63,7 +63,7 @@ from ._worker import Worker as Worker
 from ._zone import Zone as Zone
 
 __build__: str = _build_info()
-"""Which build runs: ``pure Python`` or ``compiled (mypyc)`` (``python -m autonomy._build``)."""
+"""Which build runs: ``pure Python`` or ``compiled with mypyc`` (``python -m autonomy._build``)."""
 
 try:
     __version__ = _metadata.version("autonomy")

@@ -110,11 +110,16 @@ class NodeInterface(ABC):
     async def stats(self) -> dict[str, Any]:
         """The node's counters: its workers, its peers, its traffic and its zone.
 
-        A dict of plain values (the same for a local and a remote node): ``node``,
-        ``zone``, ``members``, ``messages_sent``/``_received``, ``bytes_sent``/``_received``,
-        ``refused_handshakes``, ``connections`` (``dialed``, ``accepted``), ``workers`` (per
-        name: ``handled``, ``failed``, ``queued``, ``expired``) and ``peers`` (per peer:
-        ``state``, ``in_flight``, ``messages_sent``/``_received``, ``reconnects``).
+        A dict of plain values (the same for a local and a remote node): ``node``, ``zone``,
+        ``endpoint``, ``instance``, ``uptime_s``, ``members``,
+        ``messages_sent``/``_received`` and ``bytes_sent``/``_received`` (ZeroMQ messages,
+        all sockets), ``refused_handshakes``, ``rejected_frames``, ``expired_requests``,
+        ``connections`` (``dialed``, ``accepted``), ``workers`` (per name: ``handled``,
+        ``failed``, ``queued``, ``expired``, and ``handler_seconds`` with its ``count``,
+        ``sum`` and cumulative ``buckets``) and
+        ``peers`` (per peer: ``endpoint``, ``state``, ``in_flight``,
+        ``frames_sent``/``_received``, ``messages_sent``/``_received``,
+        ``bytes_sent``/``_received``, ``reconnects``).
         """
         return await self._do_stats()
 
