@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from autonomy import Node, RemoteNode
 
+from ._common import latency_sample
 from ._rawzmq import RawPeer
 from ._runner import COUNT_QUERY
 
@@ -145,14 +146,7 @@ async def measure_latency(call: Call, seconds: float) -> Sample:
         after = clock()
         append(after - before)
         if after >= deadline:
-            break
-    latencies.sort()
-    n = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[min(n - 1, int(n * q / 100))] / 1000
-
-    return {"p50_us": pct(50), "p99_us": pct(99), "mean_us": sum(latencies) / n / 1000, "count": n}
+            return latency_sample(latencies)
 
 
 def _message(size: int) -> str:

@@ -59,6 +59,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def latency_sample(latencies_ns: list[int]) -> dict[str, Any]:
+    """A latency sample from round trips in ns: p50, p99 and mean in µs, and the count."""
+    latencies_ns.sort()
+    n = len(latencies_ns)
+
+    def pct(q: float) -> float:
+        return latencies_ns[min(n - 1, int(n * q / 100))] / 1000
+
+    return {
+        "p50_us": pct(50),
+        "p99_us": pct(99),
+        "mean_us": sum(latencies_ns) / n / 1000,
+        "count": n,
+    }
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 
