@@ -19,12 +19,23 @@ from typing import Any
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The directory that holds ``benchmarks/`` (children run with it as cwd and on sys.path)."""
 
-_T0 = time.monotonic()
+T0_VARIABLE = "BENCH_T0"
+"""The benchmark's start on the monotonic clock (shared by every process on this machine):
+a build's child process counts its progress seconds from the parent's start."""
+
+T0 = float(os.environ.get(T0_VARIABLE) or time.monotonic())
+_prefix = ""
+
+
+def set_progress_prefix(prefix: str) -> None:
+    """Start every later progress line with ``prefix`` (a build's child names its build)."""
+    global _prefix
+    _prefix = f"{prefix}: " if prefix else ""
 
 
 def progress(message: str) -> None:
     """One progress line on stderr, with seconds since the benchmark started."""
-    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - T0:6.1f}s] {_prefix}{message}", file=sys.stderr, flush=True)
 
 
 def loop_factory(use_uvloop: bool) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -153,12 +164,16 @@ async def spawn(
     """Start ``python -m module args`` in its own session; wait for its first JSON line.
 
     The child inherits our stderr (its tracebacks show up with our progress lines), reads
-    stdin only to notice that we closed it, and prints JSON lines on stdout.
+    stdin only to notice that we closed it, and prints JSON lines on stdout. It imports
+    ``benchmarks`` and ``autonomy`` from `PACKAGE_ROOT`, unless ``PYTHONPATH`` already names
+    it: then its order stands, so that a build's copy of ``autonomy`` put before it (with
+    ``PYTHONSAFEPATH``, which keeps the cwd off ``sys.path``) is the one every child imports.
     """
     child_env = {**os.environ, **(env or {})}
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(PACKAGE_ROOT), *filter(None, [child_env.get("PYTHONPATH", "")])]
-    )
+    paths = [path for path in child_env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    if str(PACKAGE_ROOT) not in paths:
+        paths.insert(0, str(PACKAGE_ROOT))
+    child_env["PYTHONPATH"] = os.pathsep.join(paths)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
