@@ -338,9 +338,9 @@ def all_cases(curve: bool = True, pyro: bool = True) -> list[Case]:
             if with_pyro:
                 note += (
                     f"; pyro = {PYRO_CLIENTS} threads, each calling through its own blocking"
-                    " Pyro5 proxy (msgpack): Pyro5's best concurrency on this machine type"
-                    " (measured with 1 to 32 threads: it peaks at 2-8; more threads only"
-                    " contend for the GIL)"
+                    " Pyro5 proxy (msgpack) in a loop: Pyro5's best concurrency on this"
+                    " machine type (measured with 1 to 32 threads: it peaks at 2-4; more"
+                    " threads only contend for the GIL, see benchmarks._pyro.PYRO_CLIENTS)"
                 )
             pipelined = Case(
                 f"{prefix}_pipelined", what, "throughput", size, ours, raw, "req/s", note, params
