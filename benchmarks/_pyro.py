@@ -28,10 +28,10 @@ PYRO_OBJECT: Final = "echo"
 PYRO_CLIENTS: Final = 4
 """Concurrent clients (threads, each with its own proxy and connection) in the throughput
 case: Pyro5's best here. Measured on this project's machine type (2 cores), 100 B, medians
-of 3 s, with 1, 2, 4, 8, 16 and 32 clients against the daemon's thread-pool server: 8.4k,
-9.0k, 9.1k, 8.3k, 6.3k and 5.4k calls/s (another process busy meanwhile). 2 to 4 clients
-keep both processes busy; past that, threads only contend for the GIL on both sides. Its
-multiplexing server did no better at any count (1.9k to 9.1k)."""
+of three 1 s samples, with 1, 2, 4, 8, 16 and 32 clients against the daemon's thread-pool
+server: 8.4k, 9.0k, 9.1k, 8.3k, 6.3k and 5.4k calls/s (another process busy meanwhile). 2 to
+4 clients keep both processes busy; past that, threads only contend for the GIL on both
+sides. Its multiplexing server did no better at any count (1.9k to 9.1k)."""
 
 
 def pyro_available() -> bool:
