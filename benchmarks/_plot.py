@@ -60,6 +60,33 @@ def _bars(ax: Any, labels: list[str], series: list[Series], ylabel: str) -> None
     ax.legend(fontsize=7)
 
 
+def _nothing(ax: Any, title: str) -> None:
+    """A panel whose cases did not run (``--only``)."""
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", color="grey")
+
+
+def _fanout(ax: Any, builds: dict[str, dict[str, Any]]) -> None:
+    """Requests per second against runner processes, ours and raw, per build and payload."""
+    if not any(rows for build in builds.values() for rows in build["fanout"].values()):
+        _nothing(ax, "fan-out")
+        return
+    for name, build in builds.items():
+        for label, rows in build["fanout"].items():
+            xs = [int(r) for r in rows]
+            ours = [rows[r]["ours"] for r in rows]
+            raw = [rows[r]["raw"] for r in rows]
+            ax.plot(xs, ours, "o-", color=_OURS.get(name, "C0"), label=f"{name} {label}")
+            ax.plot(xs, raw, "s--", color=_RAW.get(name, "C7"), label=f"raw ({name} run) {label}")
+    ax.set_xticks(list(FANOUT))
+    ax.set_xlabel("runner processes")
+    ax.set_ylabel("requests/s")
+    ax.set_title("fan-out: 1,000 in flight round-robin")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot(path: Path, result: dict[str, Any]) -> None:
     import matplotlib
 
@@ -74,6 +101,9 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     for ax, size in zip(axes[0][:2], PAYLOADS, strict=True):
         label = payload_label(size)
         chosen = [k for k in keys if metric[k] == "throughput" and k.endswith(f"_{label}")]
+        if not chosen:
+            _nothing(ax, f"throughput, {label} messages")
+            continue
         series = _series(builds, chosen, lambda entry, side, _: entry["median"][side])
         _bars(ax, [k.removesuffix(f"_{label}") for k in chosen], series, "per second (log)")
         ax.set_title(f"throughput, {label} messages (medians)")
@@ -81,31 +111,19 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ax = axes[0][2]
     latency = [k for k in keys if metric[k] == "latency"]
     groups = [(key, q) for key in latency for q in ("p50", "p99")]
-    labels = [f"{key.removeprefix('remote_rtt_')} {q}" for key, q in groups]
+    labels = [f"{key.replace('_rtt_', ' ')} {q}" for key, q in groups]
     series = _series(
         builds,
         [key for key, _ in groups],
         lambda entry, side, n: entry["median"][side][f"{groups[n][1]}_us"],
     )
-    _bars(ax, labels, series, "µs (log)")
-    ax.set_title("remote round trip, one at a time (medians)")
+    if groups:
+        _bars(ax, labels, series, "µs (log)")
+        ax.set_title("remote round trip, one at a time (medians)")
+    else:
+        _nothing(ax, "remote round trip")
 
-    ax = axes[1][0]
-    for name, build in builds.items():
-        for label, rows in build.get("fanout", {}).items():
-            xs = [int(r) for r in rows]
-            colour = _OURS.get(name, "C0")
-            ax.plot(
-                xs, [rows[r]["ours"] for r in rows], "o-", color=colour, label=f"{name} {label}"
-            )
-            raw = [rows[r]["raw"] for r in rows]
-            ax.plot(xs, raw, "s--", color=_RAW.get(name, "C7"), label=f"raw ({name} run) {label}")
-    ax.set_xticks(list(FANOUT))
-    ax.set_xlabel("runner processes")
-    ax.set_ylabel("requests/s")
-    ax.set_title("fan-out: 1,000 in flight round-robin")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _fanout(axes[1][0], builds)
 
     ax = axes[1][1]
     names = list(dict.fromkeys(k for b in builds.values() for k in b["summary"]))

@@ -214,13 +214,14 @@ def human_table(result: dict[str, Any]) -> str:
     Pyro5's median (same run) in the raw column and ours/Pyro5 as the ratio."""
     builds: dict[str, dict[str, Any]] = result["builds"]
     keys = list(dict.fromkeys(key for build in builds.values() for key in build["cases"]))
-    cell = "{:>16} {:>16} {:>10}"
+    cell = "{:>16} {:>16} {:>11}"
     lines = [
-        f"{'':<26}" + "".join(f" | {name:^44}" for name in builds),
+        f"{'':<26}" + "".join(f" | {name:^45}" for name in builds),
         f"{'case (p50/p99 for latency)':<26}"
         + "".join(f" | {cell.format('ours', 'raw', 'ours/raw')}" for _ in builds),
     ]
     blank = cell.format("", "", "")
+    pyro_rows = False
     for key in keys:
         entries = [build["cases"].get(key) for build in builds.values()]
         row = [cell.format(*_cells(e, "raw", "ratio")) if e else blank for e in entries]
@@ -231,6 +232,9 @@ def human_table(result: dict[str, Any]) -> str:
                 for e in entries
             ]
             lines.append(f"{'  vs Pyro5 (ours/Pyro5)':<26}" + "".join(f" | {t}" for t in row))
+            pyro_rows = True
+    if pyro_rows:
+        lines.append("(a vs Pyro5 row: Pyro5's median of the same run in the raw column)")
     targets: dict[str, dict[str, str]] = {}
     for name, build in builds.items():
         for check in build.get("targets") or []:
