@@ -127,11 +127,12 @@ async def _start_runners(
     )
     children = [child for child in spawned if isinstance(child, Child)]
     failures: list[BaseException] = [f for f in spawned if isinstance(f, BaseException)]
-    failures += [
-        RuntimeError(f"runner {child.pid} runs {child.hello.get('build')!r}, we run {ours!r}")
-        for child in children
-        if child.hello.get("build") != (ours := autonomy.__build__)
-    ]
+    for child in children:  # both ends of every case run the same build
+        if child.hello.get("build") != autonomy.__build__:
+            build = child.hello.get("build")
+            failures.append(
+                RuntimeError(f"runner {child.pid} runs {build!r}, not {autonomy.__build__!r}")
+            )
     if failures:
         await asyncio.gather(*(child.stop() for child in children), return_exceptions=True)
         raise failures[0]

@@ -200,6 +200,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_builds(args: argparse.Namespace) -> dict[str, Any]:
     """Every build's run, one after the other, merged."""
     builds: list[str] = args.builds or default_builds()
+    if "compiled" in builds and (reason := why_not_compiled()):
+        raise SystemExit(f"benchmarks: no compiled build here: {reason}")
     if not args.no_pyro and not pyro_available():
         progress("Pyro5 is not installed: no Pyro5 side (pip install -e '.[dev]')")
         args.no_pyro = True
