@@ -1,9 +1,11 @@
-"""The workloads, each written twice: through autonomy ("ours") and on raw pyzmq ("raw").
+"""The workloads, each written twice: through autonomy ("ours") and on raw pyzmq ("raw"),
+and two of them a third time, through Pyro5 ("pyro"): the round trip and concurrent calls.
 
 A sample runs for a fixed time, then lets what is in flight finish: throughput is completed
 requests (or delivered one-way messages, as counted by the receiver) over the elapsed time;
 latency is the distribution of single round trips. Both sides of a case run on the same loop
-in the same process, against runner processes of the same kind.
+in the same process, against runner processes of the same kind (Pyro5's client calls block,
+so they run in threads of that process: ``benchmarks._pyro``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from autonomy import Node, RemoteNode
 
+from ._common import latency_sample
 from ._rawzmq import RawPeer
 from ._runner import COUNT_QUERY
+
+if TYPE_CHECKING:
+    from ._pyro import PyroClients
 
 LOCAL_INFLIGHT: Final = 100
 REMOTE_INFLIGHT: Final = 1000
@@ -73,6 +79,9 @@ class Side:
     """One DEALER per raw runner for request/reply (no SNDHWM)."""
     raw_one_way: RawPeer
     """A DEALER to the first raw runner with SNDHWM, for one-way floods and their count."""
+    pyro: PyroClients | None = None
+    """Pyro5 clients of the Pyro5 runner (plain mode only, and only when a case has a Pyro5
+    side and Pyro5 is installed)."""
 
 
 @dataclass
@@ -100,6 +109,8 @@ class Case:
     unit: str = "req/s"
     notes: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    pyro: Callable[[Bench, int, float], Awaitable[Sample]] | None = None
+    """The same workload through Pyro5, for the cases that have a third side."""
 
     @property
     def key(self) -> str:
@@ -145,14 +156,7 @@ async def measure_latency(call: Call, seconds: float) -> Sample:
         after = clock()
         append(after - before)
         if after >= deadline:
-            break
-    latencies.sort()
-    n = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[min(n - 1, int(n * q / 100))] / 1000
-
-    return {"p50_us": pct(50), "p99_us": pct(99), "mean_us": sum(latencies) / n / 1000, "count": n}
+            return latency_sample(latencies)
 
 
 def _message(size: int) -> str:
@@ -231,6 +235,20 @@ def _delivered(sent: int, delivered: int, elapsed: float) -> Sample:
 # -- remote request/reply ------------------------------------------------------------------------
 
 
+def _pyro(bench: Bench) -> PyroClients:
+    if bench.far.pyro is None:
+        raise RuntimeError("this case has a Pyro5 side, but no Pyro5 runner was started")
+    return bench.far.pyro
+
+
+async def _pyro_rtt(bench: Bench, size: int, seconds: float) -> Sample:
+    return await _pyro(bench).latency(_message(size), seconds)
+
+
+async def _pyro_concurrent(bench: Bench, size: int, seconds: float) -> Sample:
+    return await _pyro(bench).throughput(_message(size), seconds)
+
+
 def _rtt() -> tuple[Fn, Fn]:
     async def ours(bench: Bench, size: int, seconds: float) -> Sample:
         runner = bench.far.remotes[0]
@@ -265,8 +283,11 @@ def _pipelined(runners: int, inflight: int = REMOTE_INFLIGHT) -> tuple[Fn, Fn]:
     return ours, raw
 
 
-def all_cases(curve: bool = True) -> list[Case]:
-    """Every case at every payload, in the order they run (``curve``: with the CURVE ones)."""
+def all_cases(curve: bool = True, pyro: bool = True) -> list[Case]:
+    """Every case at every payload, in the order they run (``curve``: with the CURVE ones;
+    ``pyro``: with a Pyro5 side for the plain round trip and concurrent calls at 100 B)."""
+    from ._pyro import PYRO_CLIENTS
+
     queue_note = "raw = asyncio.Queue + a future per request, one process"
     echo_note = "raw = loop-driven DEALER/ROUTER echo, future + request-id dict"
     cases: list[Case] = []
@@ -301,27 +322,31 @@ def all_cases(curve: bool = True) -> list[Case]:
             cases.append(
                 Case(f"{prefix}_oneway", what, "throughput", size, ours, raw, "msg/s", note, params)
             )
+            # Pyro5 has no CURVE, and the issue's comparison with it is at 100 B.
+            with_pyro = pyro and not secure and size == PAYLOADS[0]
             ours, raw = _rtt()
             what = f"remote send_and_receive, one at a time, {mode}, {label}"
             note = "raw = DEALER/ROUTER echo, future per request"
-            cases.append(
-                Case(f"{prefix}_rtt", what, "latency", size, ours, raw, "us", note, params)
-            )
+            if with_pyro:
+                note += "; pyro = one blocking Pyro5 proxy (msgpack), the loop in its thread"
+            rtt = Case(f"{prefix}_rtt", what, "latency", size, ours, raw, "us", note, params)
+            cases.append(dataclasses.replace(rtt, pyro=_pyro_rtt if with_pyro else None))
             ours, raw = _pipelined(1)
             what = f"remote send_and_receive, {REMOTE_INFLIGHT} in flight, {mode}, {label}"
             params = {"secure": secure, "inflight": REMOTE_INFLIGHT, "runners": 1}
-            cases.append(
-                Case(
-                    f"{prefix}_pipelined",
-                    what,
-                    "throughput",
-                    size,
-                    ours,
-                    raw,
-                    "req/s",
-                    echo_note,
-                    params,
+            note = echo_note
+            if with_pyro:
+                note += (
+                    f"; pyro = {PYRO_CLIENTS} threads, each calling through its own blocking"
+                    " Pyro5 proxy (msgpack) in a loop: Pyro5's best concurrency on this"
+                    " machine type (measured with 1 to 32 threads: it peaks at 2-4; more"
+                    " threads only contend for the GIL, see benchmarks._pyro.PYRO_CLIENTS)"
                 )
+            pipelined = Case(
+                f"{prefix}_pipelined", what, "throughput", size, ours, raw, "req/s", note, params
+            )
+            cases.append(
+                dataclasses.replace(pipelined, pyro=_pyro_concurrent if with_pyro else None)
             )
         if size == PAYLOADS[0]:
             ours, raw = _pipelined(1, FLOOD_INFLIGHT)

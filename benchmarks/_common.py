@@ -19,12 +19,23 @@ from typing import Any
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The directory that holds ``benchmarks/`` (children run with it as cwd and on sys.path)."""
 
-_T0 = time.monotonic()
+T0_VARIABLE = "BENCH_T0"
+"""The benchmark's start on the monotonic clock (shared by every process on this machine):
+a build's child process counts its progress seconds from the parent's start."""
+
+T0 = float(os.environ.get(T0_VARIABLE) or time.monotonic())
+_prefix = ""
+
+
+def set_progress_prefix(prefix: str) -> None:
+    """Start every later progress line with ``prefix`` (a build's child names its build)."""
+    global _prefix
+    _prefix = f"{prefix}: " if prefix else ""
 
 
 def progress(message: str) -> None:
     """One progress line on stderr, with seconds since the benchmark started."""
-    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - T0:6.1f}s] {_prefix}{message}", file=sys.stderr, flush=True)
 
 
 def loop_factory(use_uvloop: bool) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -57,6 +68,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_sample(latencies_ns: list[int]) -> dict[str, Any]:
+    """A latency sample from round trips in ns: p50, p99 and mean in µs, and the count."""
+    latencies_ns.sort()
+    n = len(latencies_ns)
+
+    def pct(q: float) -> float:
+        return latencies_ns[min(n - 1, int(n * q / 100))] / 1000
+
+    return {
+        "p50_us": pct(50),
+        "p99_us": pct(99),
+        "mean_us": sum(latencies_ns) / n / 1000,
+        "count": n,
+    }
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -137,12 +164,16 @@ async def spawn(
     """Start ``python -m module args`` in its own session; wait for its first JSON line.
 
     The child inherits our stderr (its tracebacks show up with our progress lines), reads
-    stdin only to notice that we closed it, and prints JSON lines on stdout.
+    stdin only to notice that we closed it, and prints JSON lines on stdout. It imports
+    ``benchmarks`` and ``autonomy`` from `PACKAGE_ROOT`, unless ``PYTHONPATH`` already names
+    it: then its order stands, so that a build's copy of ``autonomy`` put before it (with
+    ``PYTHONSAFEPATH``, which keeps the cwd off ``sys.path``) is the one every child imports.
     """
     child_env = {**os.environ, **(env or {})}
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(PACKAGE_ROOT), *filter(None, [child_env.get("PYTHONPATH", "")])]
-    )
+    paths = [path for path in child_env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    if str(PACKAGE_ROOT) not in paths:
+        paths.insert(0, str(PACKAGE_ROOT))
+    child_env["PYTHONPATH"] = os.pathsep.join(paths)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

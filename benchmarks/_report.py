@@ -1,26 +1,41 @@
-"""Turning samples into the result: medians, ratios, targets, the JSON file, the PNG plot."""
+"""Turning samples into the result: medians, ratios, targets, the JSON file and the table.
+
+A build's child (``benchmarks.__main__``) summarizes its cases and checks its targets; the
+parent writes the merged result of every build (``benchmarks._builds``): the JSON, the table
+on stderr with the builds side by side, the plot (``benchmarks._plot``) and the summary line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ._cases import FANOUT, PAYLOADS, Case, payload_label
-from ._common import median
+from ._common import median, progress
 
-# The issue's targets (100 B messages, medians of the same run).
+# Issue 16's targets: 100 B, medians of the same run; plain and CURVE each against raw of the
+# same mode, and the plain round trip against Pyro5 of the same run (Pyro5 has no CURVE).
+# A key is a summary key (see summary_line); a target whose case did not run is left out.
 RATIO_TARGETS = {
-    "remote_pipelined_100B": (">=", 0.8),
     "remote_oneway_100B": (">=", 0.8),
-    "remote_rtt_100B_p50": ("<=", 1.3),
+    "curve_oneway_100B": (">=", 0.8),
+    "remote_pipelined_100B": (">=", 0.9),
+    "curve_pipelined_100B": (">=", 0.9),
+    "local_100_100B": (">=", 0.7),
+    "remote_rtt_100B_p50": ("<=", 1.15),
+    "curve_rtt_100B_p50": ("<=", 1.15),
+    "remote_rtt_100B_p50_vs_pyro": ("<=", 1.0),
 }
 ABSOLUTE_TARGETS = {"local_1_100B": 75_000, "local_100_100B": 300_000}
 MEMORY_TARGETS = {"idle_node_mb": 60, "per_idle_worker_kb": 5, "flood_growth_mb": 100}
 
 
 def summarize_case(case: Case, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per side and the ratio ours/raw of a case's samples."""
+    """Medians per side, the ratio ours/raw and, with a Pyro5 side, ours/pyro."""
     entry: dict[str, Any] = {
         "title": case.title,
         "metric": case.metric,
@@ -39,16 +54,20 @@ def summarize_case(case: Case, samples: dict[str, list[dict[str, Any]]]) -> dict
             for side, runs in samples.items()
         }
         entry["median"] = latency
-        entry["ratio"] = {
-            q: round(latency["ours"][f"{q}_us"] / latency["raw"][f"{q}_us"], 3)
-            for q in ("p50", "p99")
-        }
+        for field, other in (("ratio", "raw"), ("ratio_pyro", "pyro")):
+            if other in latency:
+                entry[field] = {
+                    q: round(latency["ours"][f"{q}_us"] / latency[other][f"{q}_us"], 3)
+                    for q in ("p50", "p99")
+                }
     else:
         medians = {
             side: round(median([s["rate"] for s in runs]), 1) for side, runs in samples.items()
         }
         entry["median"] = medians
         entry["ratio"] = round(medians["ours"] / medians["raw"], 3)
+        if "pyro" in medians:
+            entry["ratio_pyro"] = round(medians["ours"] / medians["pyro"], 3)
         lost = {side: sum(s.get("lost", 0) for s in runs) for side, runs in samples.items()}
         if any("lost" in s for runs in samples.values() for s in runs):
             entry["lost_total"] = lost
@@ -56,15 +75,36 @@ def summarize_case(case: Case, samples: dict[str, list[dict[str, Any]]]) -> dict
 
 
 def summary_line(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``{"case": ratio}``: latency cases give two keys, ``_p50`` and ``_p99``."""
+    """``{"case": ours/raw}``: latency cases give two keys, ``_p50`` and ``_p99``; a case
+    with a Pyro5 side also gives ours/pyro under the same keys plus ``_vs_pyro``."""
     summary: dict[str, float] = {}
     for key, entry in cases.items():
-        if isinstance(entry["ratio"], dict):
-            for q, value in entry["ratio"].items():
-                summary[f"{key}_{q}"] = value
-        else:
-            summary[key] = entry["ratio"]
+        for field, suffix in (("ratio", ""), ("ratio_pyro", "_vs_pyro")):
+            ratio = entry.get(field)
+            if isinstance(ratio, dict):
+                for q, value in ratio.items():
+                    summary[f"{key}_{q}{suffix}"] = value
+            elif ratio is not None:
+                summary[f"{key}{suffix}"] = ratio
     return summary
+
+
+def ratio_text(ratio: float | dict[str, float]) -> str:
+    """``0.68``, or ``p50 1.13, p99 1.32`` for a latency case."""
+    if isinstance(ratio, dict):
+        return ", ".join(f"{q} {value:.2f}" for q, value in ratio.items())
+    return f"{ratio:.2f}"
+
+
+def _target_text(key: str, op: str, bound: float) -> str:
+    """``remote_rtt_100B p50 ours/raw <= 1.15`` for the summary key ``remote_rtt_100B_p50``."""
+    other = "Pyro5" if key.endswith("_vs_pyro") else "raw"
+    case = key.removesuffix("_vs_pyro")
+    quantile = ""
+    for q in ("_p50", "_p99"):
+        if case.endswith(q):
+            case, quantile = case.removesuffix(q), f" {q[1:]}"
+    return f"{case}{quantile} ours/{other} {op} {bound}"
 
 
 def curve_cost(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -95,7 +135,7 @@ def check_targets(
         if key in ratios:
             value = ratios[key]
             ok = value >= bound if op == ">=" else value <= bound
-            checks.append({"target": f"{key} ours/raw {op} {bound}", "measured": value, "met": ok})
+            checks.append({"target": _target_text(key, op, bound), "measured": value, "met": ok})
     for key, bound in ABSOLUTE_TARGETS.items():
         if key in cases:
             value = cases[key]["median"]["ours"]
@@ -145,147 +185,86 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def _latency(value: dict[str, float]) -> str:
+    return f"{value['p50_us']:.0f}/{value['p99_us']:.0f} us"
+
+
+def _cells(entry: dict[str, Any], other: str, field: str) -> tuple[str, str, str]:
+    """ours, the other side (raw or pyro) and their ratio, as table cells."""
+    show = _latency if entry["metric"] == "latency" else _rate
+    ratio = entry[field]
+    shown = f"{ratio['p50']:.2f}/{ratio['p99']:.2f}" if isinstance(ratio, dict) else f"{ratio:.2f}"
+    return show(entry["median"]["ours"]), show(entry["median"][other]), shown
+
+
+def _measured(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def human_table(result: dict[str, Any]) -> str:
-    """A plain-text table of medians and ratios (printed on stderr at the end)."""
-    lines = [f"{'case':<26} {'ours':>16} {'raw':>16} {'ours/raw':>14}"]
-    for key, entry in result["cases"].items():
-        if entry["metric"] == "latency":
-            ours, raw = entry["median"]["ours"], entry["median"]["raw"]
-            lines.append(
-                f"{key:<26} {ours['p50_us']:>7.0f}/{ours['p99_us']:<6.0f}us "
-                f"{raw['p50_us']:>7.0f}/{raw['p99_us']:<6.0f}us "
-                f"{entry['ratio']['p50']:>6.2f}/{entry['ratio']['p99']:<6.2f}"
-            )
-        else:
-            ours, raw = entry["median"]["ours"], entry["median"]["raw"]
-            lines.append(f"{key:<26} {ours:>12,.0f}/s   {raw:>12,.0f}/s   {entry['ratio']:>10.2f}")
-    for check in result.get("targets", []):
-        mark = "met" if check["met"] else "NOT MET"
-        lines.append(f"target {check['target']}: {check['measured']} ({mark})")
+    """Medians and ratios with the builds side by side, then the targets per build.
+
+    Each build's ratios are against raw of its own run; a ``vs Pyro5`` row under a case shows
+    Pyro5's median (same run) in the raw column and ours/Pyro5 as the ratio."""
+    builds: dict[str, dict[str, Any]] = result["builds"]
+    keys = list(dict.fromkeys(key for build in builds.values() for key in build["cases"]))
+    cell = "{:>16} {:>16} {:>11}"
+    lines = [
+        f"{'':<26}" + "".join(f" | {name:^45}" for name in builds),
+        f"{'case (p50/p99 for latency)':<26}"
+        + "".join(f" | {cell.format('ours', 'raw', 'ours/raw')}" for _ in builds),
+    ]
+    blank = cell.format("", "", "")
+    pyro_rows = False
+    for key in keys:
+        entries = [build["cases"].get(key) for build in builds.values()]
+        row = [cell.format(*_cells(e, "raw", "ratio")) if e else blank for e in entries]
+        lines.append(f"{key:<26}" + "".join(f" | {text}" for text in row))
+        if any(e and "ratio_pyro" in e for e in entries):
+            row = [
+                cell.format(*_cells(e, "pyro", "ratio_pyro")) if e and "ratio_pyro" in e else blank
+                for e in entries
+            ]
+            lines.append(f"{'  vs Pyro5 (ours/Pyro5)':<26}" + "".join(f" | {t}" for t in row))
+            pyro_rows = True
+    if pyro_rows:
+        lines.append("(a vs Pyro5 row: Pyro5's median of the same run in the raw column)")
+    targets: dict[str, dict[str, str]] = {}
+    for name, build in builds.items():
+        for check in build.get("targets") or []:
+            mark = "met" if check["met"] else "NOT MET"
+            targets.setdefault(check["target"], {})[name] = f"{_measured(check['measured'])} {mark}"
+    if targets:
+        lines += ["", f"{'target':<50}" + "".join(f" {name:>18}" for name in builds)]
+        lines += [
+            f"{target:<50}" + "".join(f" {by_build.get(name, '-'):>18}" for name in builds)
+            for target, by_build in targets.items()
+        ]
     return "\n".join(lines)
 
 
-def plot(path: Path, result: dict[str, Any]) -> None:
-    """One PNG: throughput per payload, latency, fan-out, ratios, memory."""
-    import matplotlib
+def write_outputs(out: Path, result: dict[str, Any]) -> None:
+    """The merged result: JSON and PNG in ``out``, the table on stderr, the summary on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("bench-%Y%m%d-%H%M%S")
+    json_path = out / f"{stem}.json"
+    png_path = out / f"{stem}.png"
+    write_json(json_path, result)
+    with contextlib.suppress(ImportError):
+        from ._plot import plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = result["cases"]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    colors = {"ours": "#1f77b4", "raw": "#aaaaaa"}
-
-    def bars(ax: Any, labels: list[str], ours: list[float], raw: list[float], ylabel: str) -> None:
-        xs = range(len(labels))
-        width = 0.38
-        ax.bar([x - width / 2 for x in xs], ours, width, label="autonomy", color=colors["ours"])
-        ax.bar(
-            [x + width / 2 for x in xs],
-            raw,
-            width,
-            label="raw pyzmq / asyncio",
-            color=colors["raw"],
-        )
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-        for x, (a, b) in enumerate(zip(ours, raw, strict=True)):
-            if a and b:
-                ax.annotate(f"{a / b:.2f}x", (x, max(a, b)), ha="center", va="bottom", fontsize=7)
-
-    for ax, size in zip(axes[0][:2], PAYLOADS, strict=True):
-        label = payload_label(size)
-        keys = [
-            k for k, e in cases.items() if e["metric"] == "throughput" and k.endswith(f"_{label}")
-        ]
-        bars(
-            ax,
-            [k.removesuffix(f"_{label}") for k in keys],
-            [cases[k]["median"]["ours"] for k in keys],
-            [cases[k]["median"]["raw"] for k in keys],
-            "per second (log)",
-        )
-        ax.set_title(f"throughput, {label} messages (medians; ratio ours/raw on top)")
-
-    ax = axes[0][2]
-    lat = [k for k, e in cases.items() if e["metric"] == "latency"]
-    labels, ours, raw = [], [], []
-    for key in lat:
-        for q in ("p50", "p99"):
-            labels.append(f"{key.removeprefix('remote_rtt_')} {q}")
-            ours.append(cases[key]["median"]["ours"][f"{q}_us"])
-            raw.append(cases[key]["median"]["raw"][f"{q}_us"])
-    bars(ax, labels, ours, raw, "µs (log)")
-    ax.set_title("remote round trip, one at a time")
-
-    ax = axes[1][0]
-    for label, rows in result.get("fanout", {}).items():
-        xs = [int(r) for r in rows]
-        ax.plot(xs, [rows[r]["ours"] for r in rows], "o-", label=f"autonomy {label}")
-        ax.plot(xs, [rows[r]["raw"] for r in rows], "s--", label=f"raw {label}")
-    ax.set_xticks(list(FANOUT))
-    ax.set_xlabel("runner processes")
-    ax.set_ylabel("requests/s")
-    ax.set_title("fan-out: 1,000 in flight round-robin")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-
-    ax = axes[1][1]
-    ratios = summary_line(cases)
-    names = list(ratios)
-    values = [ratios[n] for n in names]
-    ax.barh(range(len(names)), values, color=colors["ours"])
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=7)
-    ax.axvline(1.0, color="black", lw=0.8)
-    ax.axvline(0.8, color="red", lw=0.8, ls="--", label="0.8 (throughput target)")
-    ax.axvline(1.3, color="orange", lw=0.8, ls="--", label="1.3 (latency p50 target)")
-    ax.set_xscale("log")
-    ax.invert_yaxis()
-    ax.set_title("ours/raw, log scale (throughput: higher is better; latency: lower)")
-    ax.legend(fontsize=7, loc="lower right")
-
-    ax = axes[1][2]
-    memory = result.get("memory")
-    if memory:
-        flood = memory["flood"]
-        names = [
-            "idle node\n(MB)",
-            "idle worker\n(KB)",
-            "flood growth\nreceiver (MB)",
-            "flood growth\nsender (MB)",
-        ]
-        measured = [
-            memory["idle_node"]["rss_mb"],
-            memory["idle_workers"]["per_worker_kb_rss"],
-            flood["receiver_growth_mb"],
-            flood["sender_growth_mb"],
-        ]
-        targets = [60, 5, 100, 100]
-        xs = list(range(len(names)))
-        ax.bar([x - 0.2 for x in xs], measured, 0.4, label="measured", color=colors["ours"])
-        ax.bar([x + 0.2 for x in xs], targets, 0.4, label="target (below)", color="#f4a582")
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(names, fontsize=8)
-        ax.set_yscale("symlog", linthresh=1)
-        ax.set_title(
-            f"memory (flood: {flood['accepted']:,} accepted, {flood['handled']:,} handled)"
-        )
-        ax.legend(fontsize=8)
-    else:
-        ax.axis("off")
-
-    machine = result["machine"]
-    fig.suptitle(
-        f"autonomy vs raw pyzmq — {machine['cpu']}, {machine['cores']} cores, Python "
-        f"{machine['python']}, pyzmq {machine['pyzmq']} / libzmq {machine['libzmq']}, "
-        f"{machine['loop']}, {result['params']['rounds']} rounds"
-        + (" (quick)" if result["params"]["quick"] else ""),
-        fontsize=11,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        plot(png_path, result)
+    if not png_path.exists():
+        progress("matplotlib is not installed: no plot (pip install matplotlib)")
+    print(human_table(result), file=sys.stderr)
+    for name, build in result["builds"].items():
+        if build["curve_cost"]:
+            progress(f"CURVE cost ({name}), ours with CURVE / ours plain: {build['curve_cost']}")
+    progress(f"wrote {json_path}" + (f" and {png_path}" if png_path.exists() else ""))
+    print(json.dumps(result["summary"]), flush=True)

@@ -1,9 +1,14 @@
-"""The process on the far side of the remote cases: an autonomy node or a raw pyzmq server.
+"""The process on the far side of the remote cases: an autonomy node, a raw pyzmq server or a
+Pyro5 daemon.
 
-    python -m benchmarks._runner --mode ours|raw [--secure] [--no-uvloop]
+    python -m benchmarks._runner --mode ours|raw|pyro [--secure] [--no-uvloop]
 
-Binds ``tcp://127.0.0.1:*``, prints one JSON line ``{"endpoint": ..., "pid": ...}`` on
-stdout, then serves until its stdin closes or it gets SIGTERM. ``--secure``: our node in its
+Binds ``tcp://127.0.0.1:*`` (``pyro``: 127.0.0.1 on an ephemeral port), prints one JSON line
+``{"endpoint": ..., "pid": ..., "mode": ..., "build": ...}`` on stdout (``endpoint`` is the
+Pyro5 URI in ``pyro`` mode; ``build`` is the ``autonomy.__build__`` this process imported, so
+the parent can check that both ends run the same build), then serves until its stdin closes
+or it gets SIGTERM. ``pyro`` serves ``benchmarks._pyro.PyroEcho`` with Pyro5's own blocking
+daemon (no event loop) and is always plain: Pyro5 has no CURVE. ``--secure``: our node in its
 default CURVE mode (zone and secret from ``AUTONOMY_ZONE``/``AUTONOMY_ZONE_SECRET``), or the
 raw ROUTER as a CURVE server (secret key from ``BENCH_RAW_CURVE_SECRET``); without it both
 are plain. mDNS stays off (``discovery=False``). In ``ours`` mode the node runs
@@ -21,7 +26,9 @@ import json
 import os
 import signal
 import sys
+import threading
 
+import autonomy
 from autonomy import Context, Node
 
 from ._common import loop_factory
@@ -84,7 +91,13 @@ def _stop_on_stdin_close_or_sigterm(stop: asyncio.Event) -> None:
 
 
 def _hello(endpoint: str, mode: str, secure: bool) -> None:
-    hello = {"endpoint": endpoint, "pid": os.getpid(), "mode": mode, "secure": secure}
+    hello = {
+        "endpoint": endpoint,
+        "pid": os.getpid(),
+        "mode": mode,
+        "secure": secure,
+        "build": autonomy.__build__,
+    }
     print(json.dumps(hello), flush=True)
 
 
@@ -122,12 +135,33 @@ async def serve_raw(secure: bool) -> None:
         context.term()
 
 
+def serve_pyro() -> None:
+    """Pyro5's daemon in this (main) thread; a thread that reads stdin shuts it down at EOF."""
+    from ._pyro import make_daemon
+
+    daemon, uri = make_daemon()
+
+    def shutdown_on_stdin_close() -> None:
+        fd = sys.stdin.fileno()  # unbuffered reads: no lock held if the process exits
+        while os.read(fd, 4096):
+            pass
+        daemon.shutdown()
+
+    threading.Thread(target=shutdown_on_stdin_close, name="stdin", daemon=True).start()
+    _hello(uri, "pyro", False)
+    with daemon:
+        daemon.requestLoop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["ours", "raw"], required=True)
+    parser.add_argument("--mode", choices=["ours", "raw", "pyro"], required=True)
     parser.add_argument("--secure", action="store_true", help="CURVE (ours: the default mode)")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args()
+    if args.mode == "pyro":
+        serve_pyro()
+        return
     factory, _ = loop_factory(not args.no_uvloop)
     serve = serve_ours if args.mode == "ours" else serve_raw
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -3,11 +3,13 @@
 
 Smoke tests only: no performance threshold (CI machines are noisy), just that each command
 exits 0 and writes its JSON and PNG; the first prints a JSON summary of ratios as its last
-line, the second reports every metric for every zone size.
+line, the second reports every metric for every zone size. The first runs the pure build
+only (``--builds pure``): the compiled build's copy takes a minute to compile.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,7 +25,8 @@ DEADLINE_S = 120
 @pytest.mark.timeout(DEADLINE_S + 30)
 async def test_quick_benchmark_writes_json_and_png_and_prints_a_summary(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    argv = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
+    argv = [sys.executable, "-m", "benchmarks", "--quick", "--builds", "pure"]
+    argv += ["--out", str(tmp_path)]
     async with Child(*argv, cwd=REPO) as bench:
         assert await bench.wait(DEADLINE_S) == 0, bench.stderr[-4000:]
     check_outputs(tmp_path, bench.stdout)
@@ -38,11 +41,22 @@ def check_outputs(out: Path, stdout: str) -> None:
     assert png_files[0].stat().st_size > 0
 
     result = json.loads(json_files[0].read_text())
-    assert {"machine", "params", "cases", "memory", "summary"} <= result.keys()
+    assert {"machine", "params", "builds", "summary"} <= result.keys()
+    assert list(result["builds"]) == ["pure"]
+    pure = result["builds"]["pure"]
+    assert pure["build"] == "pure Python"
+    assert {"cases", "memory", "targets", "summary"} <= pure.keys()
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == result["summary"]
     assert summary, "the summary names at least one case"
-    assert all(isinstance(ratio, float | int) for ratio in summary.values())
+    assert all(list(by_build) == ["pure"] for by_build in summary.values())
+    assert all(
+        isinstance(r, float | int) for by_build in summary.values() for r in by_build.values()
+    )
+    if importlib.util.find_spec("Pyro5") is not None:  # the dev extra installs it
+        rtt = pure["cases"]["remote_rtt_100B"]
+        assert set(rtt["median"]) == {"ours", "raw", "pyro"}
+        assert set(rtt["ratio_pyro"]) == {"p50", "p99"}
 
 
 ZONE_DEADLINE_S = 60
