@@ -8,7 +8,9 @@ For example, with py-spy (``pip install py-spy``)::
         python -m benchmarks._profile remote_pipelined_100B --seconds 10
 
 or with cProfile (``--cprofile out.prof``, then ``python -m pstats out.prof``). Only the
-main process is profiled; the runner is started the same way as in the benchmark.
+main process is profiled; the runner is started the same way as in the benchmark. It ends
+with the CPU time per request (or one-way message) of this process and of the runners:
+what a side costs, apart from the time spent waiting.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import sys
+import time
+from pathlib import Path
 
 import zmq
 
@@ -26,6 +31,16 @@ from ._cases import BareEcho, Bench, Side, all_cases
 from ._common import Child, Mesh, loop_factory, progress, spawn
 from ._rawzmq import ONE_WAY_HWM, RawPeer
 from ._runner import Echo
+
+
+def _cpu_seconds(children: list[Child]) -> float:
+    """User and system CPU time of ``children`` so far (``/proc/<pid>/stat``), threads
+    included."""
+    total = 0
+    for child in children:
+        fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def profile_case(key: str, side: str, seconds: float, cprofile: str | None) -> None:
@@ -68,11 +83,22 @@ async def profile_case(key: str, side: str, seconds: float, cprofile: str | None
             profiler = cProfile.Profile() if cprofile else None
             if profiler:
                 profiler.enable()
+            main_cpu, runner_cpu = time.process_time(), _cpu_seconds(children)
             sample = await fn(bench, case.payload, seconds)
+            main_cpu, runner_cpu = (
+                time.process_time() - main_cpu,
+                _cpu_seconds(children) - runner_cpu,
+            )
             if profiler and cprofile:
                 profiler.disable()
                 profiler.dump_stats(cprofile)
             progress(f"{key} {side}: {sample}")
+            count = sample["count"]
+            progress(
+                f"CPU per request or message: this process {main_cpu / count * 1e6:.1f} us,"
+                f" the runners {runner_cpu / count * 1e6:.1f} us"
+                + (" (under cProfile: inflated)" if profiler else "")
+            )
     finally:
         await bare.close()
         for peer in peers:
