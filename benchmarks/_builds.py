@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from ._common import PACKAGE_ROOT, T0, T0_VARIABLE, progress
+from ._common import PACKAGE_ROOT, T0, T0_VARIABLE, progress, when_stdin_closes
 from ._pyro import pyro_available
 
 BUILDS: Final = {"pure": "pure Python", "compiled": "compiled with mypyc"}
@@ -166,25 +166,14 @@ def cancel_when_stdin_closes() -> None:
     """In a build's child: cancel the running task when the parent closes our stdin."""
     if sys.stdin is None or sys.stdin.isatty():
         return
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    fd = sys.stdin.fileno()
-    os.set_blocking(fd, False)
 
-    def on_stdin() -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(fd)
-            if task is not None:
-                progress("the parent is gone: stopping")
-                task.cancel()
+    def cancel() -> None:
+        if task is not None:
+            progress("the parent is gone: stopping")
+            task.cancel()
 
-    loop.add_reader(fd, on_stdin)
+    when_stdin_closes(cancel)
 
 
 @contextlib.contextmanager

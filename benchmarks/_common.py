@@ -70,6 +70,27 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def when_stdin_closes(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on the running loop once our stdin reaches its end: the parent
+    that holds its other end is gone, however it ended."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+
+    def on_stdin() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            callback()
+
+    loop.add_reader(fd, on_stdin)
+
+
 def latency_sample(latencies_ns: list[int]) -> dict[str, Any]:
     """A latency sample from round trips in ns: p50, p99 and mean in µs, and the count."""
     latencies_ns.sort()

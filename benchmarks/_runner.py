@@ -31,7 +31,7 @@ import threading
 import autonomy
 from autonomy import Context, Node
 
-from ._common import loop_factory
+from ._common import loop_factory, when_stdin_closes
 from ._rawzmq import RawServer
 
 COUNT_QUERY = "?"
@@ -71,23 +71,8 @@ class Slow:
 
 
 def _stop_on_stdin_close_or_sigterm(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    fd = sys.stdin.fileno()
-    os.set_blocking(fd, False)
-
-    def on_stdin() -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(fd)
-            stop.set()
-
-    loop.add_reader(fd, on_stdin)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    when_stdin_closes(stop.set)
 
 
 def _hello(endpoint: str, mode: str, secure: bool) -> None:
