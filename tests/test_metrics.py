@@ -3,6 +3,8 @@ prometheus-client's own parser, served on loopback, gone when the node stops."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -117,3 +119,24 @@ def test_the_readme_names_every_metric_with_its_type_and_labels() -> None:
         labels = {label for sample in family.samples for label in sample.labels} - {"node", "le"}
         families[name] = (family.type, f"`{labels.pop()}`" if labels else "")
     assert rows == families
+
+
+class Sleeper:
+    """Replies after sleeping the number of milliseconds it is sent."""
+
+    async def handle_message(self, context, message):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(int(message) / 1000)
+        await context.reply(message)
+
+
+async def test_handler_time_is_the_handlers_own_not_the_idle_time_before_it(node: Node) -> None:
+    await node.start_worker("sleeper", Sleeper())
+    await node.send_and_receive("sleeper", "20", timeout=5000)  # 20 ms: (0.01, 0.05]
+    await asyncio.sleep(0.3)  # idle: time with nothing to handle is nobody's handler time
+    await node.send_and_receive("sleeper", "0", timeout=5000)
+    histogram = (await node.stats())["workers"]["sleeper"]["handler_seconds"]
+    buckets = histogram["buckets"]
+    assert histogram["count"] == 2
+    assert buckets["0.01"] == 1  # the quick one, even on a loaded machine
+    assert buckets["0.05"] == 2  # and the 20 ms one
+    assert 0.02 <= histogram["sum"] < 0.1
