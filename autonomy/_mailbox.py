@@ -34,8 +34,12 @@ MAILBOX_SIZE: Final = 1000
 """Messages a worker may have queued from local senders before they wait for room."""
 
 
-HANDLER_BUCKETS_S: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
-"""Upper bounds (seconds) of the handler-time histogram's buckets (Prometheus style)."""
+HANDLER_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0
+)  # fmt: skip
+"""Upper bounds (seconds) of the handler-time histogram's buckets (Prometheus style). Typed
+as a tuple of any length: mypyc keeps a fixed-length one unboxed, and a compiled function
+that takes it whole finds it unset ("value for final name ... was not set")."""
 
 
 class Histogram:
@@ -167,12 +171,20 @@ class Mailbox:
         clock = time.perf_counter
         seconds = self.seconds
         buckets = seconds.counts
+        bounds = HANDLER_BUCKETS_S
+        first = bounds[0]
+        # One clock reading per message: a handler's time runs from the end of the one before
+        # (or from the wake-up that found it) to its own end, so it includes the fraction of a
+        # microsecond of taking it off the queue. Two readings and a search per message cost
+        # ~4% of a local request; one reading and, below the first bound, no search ~2%.
+        ended = clock()
         while True:
             if not queue:
                 if self._stopping:
                     return
                 self._idle = loop.create_future()
                 await self._idle
+                ended = clock()
                 continue
             context = queue.popleft()
             if self._space:
@@ -182,8 +194,8 @@ class Mailbox:
                 # The caller gave up (timed out, was cancelled, or its deadline passed).
                 self.expired += 1
                 log.info("worker %r: dropped a request whose caller gave up", self.name)
+                ended = clock()  # not the next handler's time
                 continue
-            began = clock()
             try:
                 await handle(context, context._message)
             except asyncio.CancelledError:
@@ -216,8 +228,13 @@ class Mailbox:
                     channel.set_exception(NoReplyError(self.name, self.owner.name))
             context._state = _CLOSED
             self.handled += 1
-            took = clock() - began
-            buckets[bisect_left(HANDLER_BUCKETS_S, took)] += 1
+            now = clock()
+            took = now - ended
+            ended = now
+            if took < first:  # the common case: no search
+                buckets[0] += 1
+            else:
+                buckets[bisect_left(bounds, took)] += 1
             seconds.sum += took
             credit = context._credit
             if credit is not None:
