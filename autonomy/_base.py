@@ -116,7 +116,8 @@ class NodeInterface(ABC):
         all sockets), ``refused_handshakes``, ``rejected_frames``, ``expired_requests``,
         ``connections`` (``dialed``, ``accepted``), ``workers`` (per name: ``handled``,
         ``failed``, ``queued``, ``expired``, and ``handler_seconds`` with its ``count``,
-        ``sum`` and cumulative ``buckets``) and
+        ``sum`` and cumulative ``buckets``: the messages handled since the node's first
+        ``stats()`` unless it keeps them from its start, absent if it keeps none) and
         ``peers`` (per peer: ``endpoint``, ``state``, ``in_flight``,
         ``frames_sent``/``_received``, ``messages_sent``/``_received``,
         ``bytes_sent``/``_received``, ``reconnects``).

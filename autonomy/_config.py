@@ -52,6 +52,9 @@ class Env(enum.StrEnum):
     """The log level `Node.start` configures when the program configured none."""
     METRICS = "AUTONOMY_METRICS"
     """Serve Prometheus metrics at ``http://HOST:PORT/metrics`` (``HOST:PORT`` or ``PORT``)."""
+    HANDLER_TIMES = "AUTONOMY_HANDLER_TIMES"
+    """Keep each worker's handler times: on from the start, off never; unset: from the first
+    look at the node's counters (or from the start when it serves metrics)."""
     MODEL_ALIASES = "AUTONOMY_MODEL_ALIASES"
     """Model names mapped to what the endpoint serves: ``guide-name=served-name,...``."""
     STATE_DIR = "AUTONOMY_STATE_DIR"
@@ -153,6 +156,8 @@ class Settings:
     wait_until_interrupted: bool = True
     log_level: str = "WARNING"
     metrics: str | None = None
+    handler_times: bool | None = None
+    """None: from the first look at the counters."""
     model_aliases: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -204,5 +209,8 @@ class Settings:
             wait_until_interrupted=flag(env, Env.WAIT_UNTIL_INTERRUPTED.value, True),
             log_level=log_level,
             metrics=text(Env.METRICS),
+            handler_times=(
+                flag(env, Env.HANDLER_TIMES.value, True) if text(Env.HANDLER_TIMES) else None
+            ),
             model_aliases=_aliases(text(Env.MODEL_ALIASES) or ""),
         )

@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._worker import _CLOSED, _OPEN, Context, CreditLine, Owner, ReplyChannel, Worker
 
-__all__ = ["HANDLER_BUCKETS_S", "MAILBOX_SIZE", "Histogram", "Mailbox", "Workers"]
+__all__ = ["HANDLER_BUCKETS_S", "MAILBOX_SIZE", "HandlerTimes", "Mailbox", "Workers"]
 
 log = logging.getLogger("autonomy.worker")
 
@@ -42,28 +42,38 @@ as a tuple of any length: mypyc keeps a fixed-length one unboxed, and a compiled
 that takes it whole finds it unset ("value for final name ... was not set")."""
 
 
-class Histogram:
-    """Handler times: a count per bucket, their count and sum (two adds and a bisect)."""
+class HandlerTimes:
+    """One worker's handler times, as a Prometheus histogram.
 
-    __slots__ = ("counts", "sum")
+    A handler's time runs from the end of the one before it (or from the wake-up that found
+    its message, or the drop of an expired request) to its own end: one clock reading a
+    message, two after an idle wait. It includes the fraction of a microsecond of taking the
+    message off the queue. Only times over the first bound are counted in their bucket (a
+    comparison, no search, for the common quick handler): the first bucket holds the rest
+    of the messages handled since ``base``.
+    """
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(HANDLER_BUCKETS_S) + 1)
-        """Per bucket (not cumulative); the last is over the largest bound."""
+    __slots__ = ("base", "over", "sum")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        """The worker's handled count when its times began to be kept."""
+        self.over = [0] * (len(HANDLER_BUCKETS_S) + 1)
+        """Per bucket over the first (not cumulative; the first entry stays 0)."""
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(HANDLER_BUCKETS_S, seconds)] += 1
-        self.sum += seconds
-
-    def as_dict(self) -> dict[str, Any]:
-        """``count``, ``sum`` and cumulative ``buckets`` keyed by their upper bound."""
+    def as_dict(self, handled: int) -> dict[str, Any]:
+        """``count``, ``sum`` and cumulative ``buckets`` keyed by their upper bound, for the
+        worker's ``handled`` count."""
+        over = self.over
+        count = handled - self.base
         cumulative: dict[str, int] = {}
-        total = 0
-        for bound, count in zip((*HANDLER_BUCKETS_S, "+Inf"), self.counts, strict=True):
-            total += count
+        total = count - sum(over)
+        for index, bound in enumerate((*HANDLER_BUCKETS_S, "+Inf")):
+            if index:
+                total += over[index]
             cumulative[str(bound)] = total
-        return {"count": total, "sum": self.sum, "buckets": cumulative}
+        return {"count": count, "sum": self.sum, "buckets": cumulative}
 
 
 class Mailbox:
@@ -82,12 +92,17 @@ class Mailbox:
         "maxsize",
         "name",
         "owner",
-        "seconds",
+        "times",
         "worker",
     )
 
     def __init__(
-        self, owner: Owner, name: str, worker: Worker, maxsize: int = MAILBOX_SIZE
+        self,
+        owner: Owner,
+        name: str,
+        worker: Worker,
+        maxsize: int = MAILBOX_SIZE,
+        timed: bool = True,
     ) -> None:
         self.owner = owner
         self.name = name
@@ -99,8 +114,8 @@ class Mailbox:
         """Messages whose handler raised."""
         self.expired = 0
         """Requests dropped unhandled because their caller had given up."""
-        self.seconds = Histogram()
-        """How long each handler took (wall time, awaits included)."""
+        self.times = HandlerTimes(0) if timed else None
+        """How long each handler took (wall time, awaits included), once kept (`keep_times`)."""
         self.credit_lines: dict[Any, CreditLine] = {}
         """Per remote one-way sender (keyed by the sender's routing id), its window here."""
         self._queue: deque[Context] = deque()
@@ -108,6 +123,11 @@ class Mailbox:
         self._space: deque[asyncio.Future[None]] = deque()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+
+    def keep_times(self) -> None:
+        """Keep handler times from the next message taken off the queue."""
+        if self.times is None:
+            self.times = HandlerTimes(self.handled)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -169,22 +189,28 @@ class Mailbox:
         loop = asyncio.get_running_loop()
         handle = self.worker.handle_message
         clock = time.perf_counter
-        seconds = self.seconds
-        buckets = seconds.counts
         bounds = HANDLER_BUCKETS_S
         first = bounds[0]
-        # One clock reading per message: a handler's time runs from the end of the one before
-        # (or from the wake-up that found it) to its own end, so it includes the fraction of a
-        # microsecond of taking it off the queue. Two readings and a search per message cost
-        # ~4% of a local request; one reading and, below the first bound, no search ~2%.
-        ended = clock()
+        # Handler times (see HandlerTimes) with the current handler's start and the sum in
+        # locals: one clock reading a message, none until someone looks.
+        times = self.times
+        over = times.over if times is not None else []
+        total = times.sum if times is not None else 0.0
+        start = clock() if times is not None else 0.0
         while True:
+            if times is None and self.times is not None:  # someone looked (keep_times)
+                times = self.times
+                times.base = self.handled
+                over = times.over
+                total = times.sum
+                start = clock()
             if not queue:
                 if self._stopping:
                     return
                 self._idle = loop.create_future()
                 await self._idle
-                ended = clock()
+                if times is not None:
+                    start = clock()  # idle time is nobody's handler time
                 continue
             context = queue.popleft()
             if self._space:
@@ -194,7 +220,8 @@ class Mailbox:
                 # The caller gave up (timed out, was cancelled, or its deadline passed).
                 self.expired += 1
                 log.info("worker %r: dropped a request whose caller gave up", self.name)
-                ended = clock()  # not the next handler's time
+                if times is not None:
+                    start = clock()  # not the next handler's time
                 continue
             try:
                 await handle(context, context._message)
@@ -228,14 +255,14 @@ class Mailbox:
                     channel.set_exception(NoReplyError(self.name, self.owner.name))
             context._state = _CLOSED
             self.handled += 1
-            now = clock()
-            took = now - ended
-            ended = now
-            if took < first:  # the common case: no search
-                buckets[0] += 1
-            else:
-                buckets[bisect_left(bounds, took)] += 1
-            seconds.sum += took
+            if times is not None:
+                now = clock()
+                took = now - start
+                if took > first:  # else the first bucket's: handled, not counted here
+                    over[bisect_left(bounds, took)] += 1
+                start = now
+                total += took
+                times.sum = total
             credit = context._credit
             if credit is not None:
                 credit.handled(not queue)
@@ -294,16 +321,32 @@ class Mailbox:
 class Workers:
     """One node's worker registry: a `Mailbox` per worker name."""
 
-    __slots__ = ("_owner", "by_name", "mailbox_size")
+    __slots__ = ("_owner", "by_name", "handler_times", "mailbox_size", "timed")
 
-    def __init__(self, owner: Owner, mailbox_size: int = MAILBOX_SIZE) -> None:
+    def __init__(
+        self, owner: Owner, mailbox_size: int = MAILBOX_SIZE, handler_times: bool | None = None
+    ) -> None:
         self._owner = owner
         self.mailbox_size = mailbox_size
+        self.handler_times = handler_times
+        """True: keep handler times from the start; None: from the first look
+        (`keep_times`); False: never."""
+        self.timed = handler_times is True
+        """Whether the workers' handler times are kept now (`HandlerTimes`)."""
         self.by_name: dict[str, Mailbox] = {}
         """The mailboxes by worker name (read-only for others: a lookup on the hot path)."""
 
     def __len__(self) -> int:
         return len(self.by_name)
+
+    def keep_times(self) -> None:
+        """Someone looks at the counters: keep every worker's handler times from now on
+        (unless this node keeps none). Until then no clock is read a message."""
+        if self.timed or self.handler_times is False:
+            return
+        self.timed = True
+        for mailbox in self.by_name.values():
+            mailbox.keep_times()
 
     def get(self, name: str) -> Mailbox | None:
         return self.by_name.get(name)
@@ -319,7 +362,7 @@ class Workers:
         """
         if name in self.by_name:
             raise WorkerExistsError(name, self._owner.name)
-        mailbox = Mailbox(self._owner, name, worker, self.mailbox_size)
+        mailbox = Mailbox(self._owner, name, worker, self.mailbox_size, self.timed)
         self.by_name[name] = mailbox
         mailbox.start()
         log.debug("worker %r started on node %r", name, self._owner.name)

@@ -49,7 +49,9 @@ def snapshot(
     agent: ZoneAgent,
     workers: Workers,
 ) -> dict[str, Any]:
-    """Every counter of one node, as plain values (see ``NodeInterface.stats``)."""
+    """Every counter of one node, as plain values (see ``NodeInterface.stats``). Someone
+    looks: the workers' handler times are kept from now on (`Workers.keep_times`)."""
+    workers.keep_times()
     peers: dict[str, Any] = {}
     for link in links:
         dealer = link.dealer
@@ -80,7 +82,7 @@ def snapshot(
                 "failed": m.failed,
                 "queued": m.queued,
                 "expired": m.expired,
-                "handler_seconds": m.seconds.as_dict(),
+                **({"handler_seconds": m.times.as_dict(m.handled)} if m.times else {}),
             }
             for m in mailboxes
         },
@@ -128,10 +130,11 @@ def _families(stats: dict[str, Any]) -> Iterator[Metric]:
         failed.add_metric([node, worker], counts["failed"])
         expired.add_metric([node, worker], counts["expired"])
         depth.add_metric([node, worker], counts["queued"])
-        histogram = counts["handler_seconds"]
-        seconds.add_metric(
-            [node, worker], list(histogram["buckets"].items()), sum_value=histogram["sum"]
-        )
+        histogram = counts.get("handler_seconds")
+        if histogram is not None:  # None: the node keeps no handler times
+            seconds.add_metric(
+                [node, worker], list(histogram["buckets"].items()), sum_value=histogram["sum"]
+            )
     yield from (handled, failed, expired, depth, seconds)
 
     in_flight = family(

@@ -106,6 +106,11 @@ class Node(NodeInterface):
         metrics: serve Prometheus metrics at ``http://HOST:PORT/metrics`` (``HOST:PORT`` or
             ``PORT``, loopback unless a host is given); default ``AUTONOMY_METRICS``, else
             none.
+        handler_times: keep each worker's handler times (``handler_seconds`` in `stats` and
+            the metrics) from the start (True) or never (False). Default
+            ``AUTONOMY_HANDLER_TIMES``, else from the first look at the counters (`stats`,
+            a dashboard), or from the start when the node serves metrics: until then no
+            clock is read a message.
 
     Raises:
         ConfigError: a setting (argument or ``AUTONOMY_*`` variable) is invalid.
@@ -127,6 +132,7 @@ class Node(NodeInterface):
         peers: list[str] | str | None = None,
         metrics: str | None = None,
         observer: bool = False,
+        handler_times: bool | None = None,
     ) -> None:
         settings = Settings.from_env()
         self._settings = settings
@@ -164,7 +170,11 @@ class Node(NodeInterface):
         self._metrics: MetricsServer | None = None
         self._started_at = 0.0
         self._state = NodeState.NEW
-        self._workers = Workers(self, mailbox_size)
+        if handler_times is None:
+            handler_times = settings.handler_times
+        if handler_times is None and self._metrics_address is not None:
+            handler_times = True  # every scrape shows every handler's time
+        self._workers = Workers(self, mailbox_size, handler_times)
         self._names: set[str] = set()
         self._remotes: dict[str, tuple[EndpointLink, RemoteNode]] = {}
         """Per endpoint, the `RemoteNode` handed out for its current link (``connect``)."""

@@ -131,6 +131,7 @@ class Sleeper:
 
 async def test_handler_time_is_the_handlers_own_not_the_idle_time_before_it(node: Node) -> None:
     await node.start_worker("sleeper", Sleeper())
+    await node.stats()  # the first look: handler times are kept from now on
     await node.send_and_receive("sleeper", "20", timeout=5000)  # 20 ms: (0.01, 0.05]
     await asyncio.sleep(0.3)  # idle: time with nothing to handle is nobody's handler time
     await node.send_and_receive("sleeper", "0", timeout=5000)
@@ -140,3 +141,115 @@ async def test_handler_time_is_the_handlers_own_not_the_idle_time_before_it(node
     assert buckets["0.01"] == 1  # the quick one, even on a loaded machine
     assert buckets["0.05"] == 2  # and the 20 ms one
     assert 0.02 <= histogram["sum"] < 0.1
+
+
+async def test_back_to_back_handlers_sum_to_the_time_the_worker_was_busy(zone: str) -> None:
+    async with Node(zone=zone, bind="127.0.0.1", handler_times=True) as node:
+        await busy_then_idle(node)
+
+
+async def busy_then_idle(node: Node) -> None:
+    await node.start_worker("sleeper", Sleeper())
+    for _ in range(3):  # queued at once: each handler starts where the one before ended
+        await node.send_message("sleeper", "20")
+    await node.send_and_receive("sleeper", "0", timeout=5000)
+    await asyncio.sleep(0.2)  # idle again: not counted
+    await node.send_and_receive("sleeper", "20", timeout=5000)
+    histogram = (await node.stats())["workers"]["sleeper"]["handler_seconds"]
+    assert histogram["count"] == 5
+    assert histogram["buckets"]["0.01"] == 1
+    assert histogram["buckets"]["0.05"] == 5
+    assert histogram["buckets"]["+Inf"] == 5
+    assert 0.08 <= histogram["sum"] < 0.08 + 0.15  # four sleeps of 20 ms, no idle time
+
+
+async def test_handler_times_are_kept_from_the_first_look_unless_told_otherwise(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def three_then_look_then_two(node: Node) -> tuple[int, int]:
+        await node.start_worker("counter", Counter())
+        for _ in range(3):
+            await node.send_and_receive("counter", "increment", timeout=5000)
+        first = (await node.stats())["workers"]["counter"]
+        for _ in range(2):
+            await node.send_and_receive("counter", "increment", timeout=5000)
+        then = (await node.stats())["workers"]["counter"]
+        assert then["handled"] == 5
+        return first["handler_seconds"]["count"], then["handler_seconds"]["count"]
+
+    # By default a node reads no clock a message until someone looks at its counters.
+    async with Node(zone=zone, bind="127.0.0.1") as node:
+        assert await three_then_look_then_two(node) == (0, 2)
+    # A worker started after the first look is timed from its first message.
+    async with Node(zone=zone, bind="127.0.0.1") as node:
+        await node.stats()
+        assert await three_then_look_then_two(node) == (3, 5)
+    # A node that serves metrics, or is told to, keeps them from the start.
+    async with Node(zone=zone, bind="127.0.0.1", metrics="0") as node:
+        assert await three_then_look_then_two(node) == (3, 5)
+    monkeypatch.setenv("AUTONOMY_HANDLER_TIMES", "1")
+    async with Node(zone=zone, bind="127.0.0.1") as node:
+        assert await three_then_look_then_two(node) == (3, 5)
+
+
+class Gated:
+    """Holds its ``hold`` message until the test opens the gate; sleeps N ms for ``N``."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def handle_message(self, context, message):  # type: ignore[no-untyped-def]
+        if message == "hold":
+            self.holding.set()
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(int(message) / 1000)
+        await context.reply(message)
+
+
+async def test_a_worker_busy_when_first_looked_at_is_timed_from_its_next_message(
+    node: Node,
+) -> None:
+    gated = Gated()
+    await node.start_worker("gated", gated)
+    await node.send_message("gated", "hold")
+    await bounded(gated.holding.wait())
+    for _ in range(2):
+        await node.send_message("gated", "20")
+    assert (await node.stats())["workers"]["gated"]["handler_seconds"]["count"] == 0
+    gated.gate.set()
+    await node.send_and_receive("gated", "0", timeout=5000)
+    histogram = (await node.stats())["workers"]["gated"]["handler_seconds"]
+    assert histogram["count"] == 3  # the two queued ones and the last; not the one in hand
+    assert histogram["buckets"]["0.01"] == 1
+    assert histogram["buckets"]["0.05"] == 3
+    assert 0.04 <= histogram["sum"] < 0.04 + 0.15
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+async def test_a_node_without_handler_times_counts_all_else(
+    zone: str, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: dict[str, object] = {"handler_times": False} if how == "argument" else {}
+    if how == "environment":
+        monkeypatch.setenv("AUTONOMY_HANDLER_TIMES", "off")
+    async with Node(zone=zone, bind="127.0.0.1", metrics="0", **options) as node:  # type: ignore[arg-type]
+        await node.start_worker("counter", Counter())
+        for _ in range(3):
+            await node.send_and_receive("counter", "increment", timeout=5000)
+        counts = (await node.stats())["workers"]["counter"]
+        assert counts["handled"] == 3
+        assert "handler_seconds" not in counts
+        samples = await bounded(scrape(node.metrics_url))
+        labels = (("node", node.name), ("worker", "counter"))
+        assert samples[("autonomy_messages_handled_total", labels)] == 3
+        assert not [name for name, _ in samples if name.startswith("autonomy_handler_seconds")]
+
+
+def test_a_handler_times_setting_that_means_nothing_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTONOMY_HANDLER_TIMES", "sometimes")
+    with pytest.raises(ConfigError, match="AUTONOMY_HANDLER_TIMES"):
+        Node(bind="127.0.0.1")
