@@ -1,8 +1,8 @@
 """How fast is autonomy on this machine, next to raw pyzmq doing the same work in the same run?
 
     python -m benchmarks [--quick] [--out DIR] [--rounds N] [--seconds S] [--only SUBSTR]
-                         [--builds pure,compiled] [--no-memory] [--no-curve] [--no-pyro]
-                         [--no-uvloop]
+                         [--builds pure,compiled] [--no-memory] [--no-counters] [--no-curve]
+                         [--no-pyro] [--no-uvloop]
     python -m benchmarks zone [--sizes 10,30,60,100] [--runs K] [--idle-seconds S] [--quick]
 
 The ``zone`` subcommand is a separate benchmark (``benchmarks._zone``): zones of N nodes
@@ -18,7 +18,9 @@ raw pyzmq servers for the plain cases and the fan-out (and a Pyro5 daemon,
 the ``curve_*`` cases. Every node joins a fresh
 zone with a fresh secret and no mDNS. Then every case of ``benchmarks._cases`` runs for
 several rounds, alternating ours, raw (, pyro), ours, raw... so that machine noise hits them
-alike, and the memory section (``benchmarks._memory``) runs in fresh processes.
+alike; the counters section (``benchmarks._counters``: what keeping handler times costs,
+timed against untimed nodes of the same build) runs in the build's process, and the memory
+section (``benchmarks._memory``) in fresh processes.
 
 Writes ``bench-<time>.json`` (every build's cases, samples, medians, ratios and targets under
 ``builds``) and ``bench-<time>.png`` to ``--out`` (default ``benchmarks/results/``), prints
@@ -36,7 +38,7 @@ import gc
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
@@ -66,12 +68,17 @@ from ._common import (
     set_progress_prefix,
     spawn,
 )
+from ._counters import run_counters
 from ._memory import run_memory
 from ._pyro import PyroClients
 from ._rawzmq import ONE_WAY_HWM, RawPeer
 from ._runner import Echo
 
 DEFAULT_OUT = PACKAGE_ROOT / "benchmarks" / "results"
+COUNTER_PAIRS: Final = 300
+COUNTER_PAIRS_QUICK: Final = 60
+COUNTER_SAMPLE_S: Final = 0.02
+"""Short samples, many pairs: what differs by ~2% shows through noise of ~10% a sample."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " C compiler are at hand, else pure)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
+    parser.add_argument(
+        "--no-counters", action="store_true", help="skip the counters' cost section"
+    )
     parser.add_argument("--no-curve", action="store_true", help="skip the CURVE cases")
     parser.add_argument("--no-pyro", action="store_true", help="skip the Pyro5 side")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
@@ -240,11 +250,15 @@ async def run_case(
 
 
 async def run(args: argparse.Namespace, loop_name: str) -> dict[str, Any]:
-    """One build's whole run (in its child process): the cases, then the memory section."""
+    """One build's whole run (in its child process): the cases, the counters' cost, memory."""
     started = time.time()
     _builds.cancel_when_stdin_closes()
     mesh = Mesh.fresh()
     cases = await run_cases(args, mesh)
+    counters = None
+    if not args.no_counters:
+        pairs = COUNTER_PAIRS_QUICK if args.quick else COUNTER_PAIRS
+        counters = await run_counters(mesh, pairs, COUNTER_SAMPLE_S)
     memory = None if args.no_memory else await run_memory(args.quick, not args.no_uvloop, mesh)
     return {
         "machine": machine_info(loop_name),
@@ -275,9 +289,10 @@ async def run(args: argparse.Namespace, loop_name: str) -> dict[str, Any]:
         "cases": cases,
         "fanout": _report.fanout_table(cases),
         "curve_cost": _report.curve_cost(cases),
+        "counters": counters,
         "memory": memory,
-        "targets": _report.check_targets(cases, memory),
-        "summary": _report.summary_line(cases),
+        "targets": _report.check_targets(cases, memory, counters),
+        "summary": _report.summary_line(cases, counters),
     }
 
 

@@ -128,7 +128,7 @@ def child_argv(args: argparse.Namespace, name: str, result: Path) -> list[str]:
     argv += ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
     if args.only:
         argv += ["--only", args.only]
-    flags = ("quick", "no_memory", "no_curve", "no_pyro", "no_uvloop")
+    flags = ("quick", "no_memory", "no_counters", "no_curve", "no_pyro", "no_uvloop")
     argv += [f"--{flag.replace('_', '-')}" for flag in flags if getattr(args, flag)]
     return argv
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cases import FANOUT, PAYLOADS, payload_label
-from ._report import MEMORY_TARGETS, RATIO_TARGETS
+from ._report import COUNTERS_TARGET, MEMORY_TARGETS, RATIO_TARGETS
 
 _OURS = {"pure": "#1f77b4", "compiled": "#d62728"}
 _RAW = {"pure": "#9ecae1", "compiled": "#fcae91"}
@@ -133,14 +133,21 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         values = [build["summary"].get(key, math.nan) for key in names]
         ax.barh(ys, values, height, color=_OURS.get(name, "C0"), label=name)
     for y, key in enumerate(names):
+        bound = COUNTERS_TARGET if key.startswith("counters_") else None
         if key in RATIO_TARGETS:
-            ax.plot(RATIO_TARGETS[key][1], y, marker="|", color="black", markersize=14)
+            bound = RATIO_TARGETS[key][1]
+        if bound is not None:
+            ax.plot(bound, y, marker="|", color="black", markersize=14)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_title("ours/raw and ours/Pyro5 (log; |: target; throughput higher, latency lower)")
+    ax.set_title(
+        "ours/raw, ours/Pyro5, counters_*: timed/untimed\n(log; |: target; throughput higher,"
+        " latency lower)",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="lower right")
 
     ax = axes[1][2]

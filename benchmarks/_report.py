@@ -30,6 +30,8 @@ RATIO_TARGETS = {
     "curve_rtt_100B_p50": ("<=", 1.15),
     "remote_rtt_100B_p50_vs_pyro": ("<=", 1.0),
 }
+COUNTERS_TARGET = 0.97
+"""Issue 15: keeping handler times costs at most 3% (``benchmarks._counters``)."""
 ABSOLUTE_TARGETS = {"local_1_100B": 75_000, "local_100_100B": 300_000}
 MEMORY_TARGETS = {"idle_node_mb": 60, "per_idle_worker_kb": 5, "flood_growth_mb": 100}
 
@@ -74,9 +76,12 @@ def summarize_case(case: Case, samples: dict[str, list[dict[str, Any]]]) -> dict
     return entry
 
 
-def summary_line(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
+def summary_line(
+    cases: dict[str, dict[str, Any]], counters: dict[str, Any] | None = None
+) -> dict[str, float]:
     """``{"case": ours/raw}``: latency cases give two keys, ``_p50`` and ``_p99``; a case
-    with a Pyro5 side also gives ours/pyro under the same keys plus ``_vs_pyro``."""
+    with a Pyro5 side also gives ours/pyro under the same keys plus ``_vs_pyro``; the
+    counters section gives ``counters_<case>``: timed/untimed."""
     summary: dict[str, float] = {}
     for key, entry in cases.items():
         for field, suffix in (("ratio", ""), ("ratio_pyro", "_vs_pyro")):
@@ -86,6 +91,8 @@ def summary_line(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
                     summary[f"{key}_{q}{suffix}"] = value
             elif ratio is not None:
                 summary[f"{key}{suffix}"] = ratio
+    for key, entry in (counters or {}).get("cases", {}).items():
+        summary[f"counters_{key}"] = entry["ratio"]
     return summary
 
 
@@ -127,9 +134,20 @@ def curve_cost(cases: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def check_targets(
-    cases: dict[str, dict[str, Any]], memory: dict[str, Any] | None
+    cases: dict[str, dict[str, Any]],
+    memory: dict[str, Any] | None,
+    counters: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
+    for key, entry in (counters or {}).get("cases", {}).items():
+        bound = COUNTERS_TARGET
+        checks.append(
+            {
+                "target": f"counters {key} timed/untimed >= {bound}",
+                "measured": entry["ratio"],
+                "met": entry["ratio"] >= bound,
+            }
+        )
     ratios = summary_line(cases)
     for key, (op, bound) in RATIO_TARGETS.items():
         if key in ratios:

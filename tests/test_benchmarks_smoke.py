@@ -45,10 +45,20 @@ def check_outputs(out: Path, stdout: str) -> None:
     assert list(result["builds"]) == ["pure"]
     pure = result["builds"]["pure"]
     assert pure["build"] == "pure Python"
-    assert {"cases", "memory", "targets", "summary"} <= pure.keys()
+    assert {"cases", "counters", "memory", "targets", "summary"} <= pure.keys()
+    # The counters' cost: timed and untimed nodes of the same build, each side measured.
+    counters = pure["counters"]["cases"]
+    assert set(counters) == {"local_1_100B", "local_100_100B"}
+    for entry in counters.values():
+        for side in ("timed", "untimed"):
+            assert entry[side]["rate"] > 0
+            assert entry[side]["cpu_us_per_request"] > 0
+        assert entry["ratio"] > 0
+    assert any(check["target"].startswith("counters local_100") for check in pure["targets"])
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == result["summary"]
     assert summary, "the summary names at least one case"
+    assert "counters_local_100_100B" in summary
     assert all(list(by_build) == ["pure"] for by_build in summary.values())
     assert all(
         isinstance(r, float | int) for by_build in summary.values() for r in by_build.values()
