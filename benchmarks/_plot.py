@@ -132,6 +132,9 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         ys = [y - 0.4 + height * (n + 0.5) for y in range(len(names))]
         values = [build["summary"].get(key, math.nan) for key in names]
         ax.barh(ys, values, height, color=_OURS.get(name, "C0"), label=name)
+        for y, key, value in zip(ys, names, values, strict=True):
+            if key.startswith("counters_") and not math.isnan(value):  # a few %: as text
+                ax.text(1.05, y, f"{value:.3f} {name}", va="center", fontsize=6)
     for y, key in enumerate(names):
         bound = COUNTERS_TARGET if key.startswith("counters_") else None
         if key in RATIO_TARGETS:
