@@ -193,12 +193,11 @@ class Mailbox:
         first = bounds[0]
         # Handler times (see HandlerTimes) with the current handler's start and the sum in
         # locals: one clock reading a message, none until someone looks.
-        times = self.times
-        over = times.over if times is not None else []
-        total = times.sum if times is not None else 0.0
-        start = clock() if times is not None else 0.0
+        times: HandlerTimes | None = None
+        over: list[int] = []
+        total = start = 0.0
         while True:
-            if times is None and self.times is not None:  # someone looked (keep_times)
+            if times is None and self.times is not None:  # kept from the start, or looked at
                 times = self.times
                 times.base = self.handled
                 over = times.over
@@ -321,7 +320,7 @@ class Mailbox:
 class Workers:
     """One node's worker registry: a `Mailbox` per worker name."""
 
-    __slots__ = ("_owner", "by_name", "handler_times", "mailbox_size", "timed")
+    __slots__ = ("_owner", "by_name", "handler_times", "mailbox_size")
 
     def __init__(
         self, owner: Owner, mailbox_size: int = MAILBOX_SIZE, handler_times: bool | None = None
@@ -329,10 +328,8 @@ class Workers:
         self._owner = owner
         self.mailbox_size = mailbox_size
         self.handler_times = handler_times
-        """True: keep handler times from the start; None: from the first look
-        (`keep_times`); False: never."""
-        self.timed = handler_times is True
-        """Whether the workers' handler times are kept now (`HandlerTimes`)."""
+        """True: handler times are kept (from the start, or since the first look); None: not
+        until the first look (`keep_times`); False: never."""
         self.by_name: dict[str, Mailbox] = {}
         """The mailboxes by worker name (read-only for others: a lookup on the hot path)."""
 
@@ -342,9 +339,9 @@ class Workers:
     def keep_times(self) -> None:
         """Someone looks at the counters: keep every worker's handler times from now on
         (unless this node keeps none). Until then no clock is read a message."""
-        if self.timed or self.handler_times is False:
+        if self.handler_times is not None:
             return
-        self.timed = True
+        self.handler_times = True
         for mailbox in self.by_name.values():
             mailbox.keep_times()
 
@@ -362,7 +359,7 @@ class Workers:
         """
         if name in self.by_name:
             raise WorkerExistsError(name, self._owner.name)
-        mailbox = Mailbox(self._owner, name, worker, self.mailbox_size, self.timed)
+        mailbox = Mailbox(self._owner, name, worker, self.mailbox_size, self.handler_times is True)
         self.by_name[name] = mailbox
         mailbox.start()
         log.debug("worker %r started on node %r", name, self._owner.name)

@@ -43,6 +43,14 @@ async def _sample(node: Node, inflight: int, seconds: float) -> dict[str, float]
     return {"rate": sample["rate"], "cpu_us": used / sample["count"] * 1e6}
 
 
+def _ratios(samples: dict[str, list[dict[str, float]]], field: str) -> list[float]:
+    """timed/untimed of ``field``, pair by pair."""
+    return [
+        timed[field] / untimed[field]
+        for timed, untimed in zip(samples["timed"], samples["untimed"], strict=True)
+    ]
+
+
 def _quartiles(values: list[float]) -> list[float]:
     return [round(q, 4) for q in statistics.quantiles(values, n=4)]
 
@@ -74,14 +82,8 @@ async def run_counters(mesh: Mesh, pairs: int, seconds: float) -> dict[str, Any]
                 order = SIDES if pair % 2 == 0 else SIDES[::-1]
                 for side in order:
                     samples[side].append(await _sample(by_side[side], inflight, seconds))
-            rate_ratios = [
-                t["rate"] / u["rate"]
-                for t, u in zip(samples["timed"], samples["untimed"], strict=True)
-            ]
-            cpu_ratios = [
-                t["cpu_us"] / u["cpu_us"]
-                for t, u in zip(samples["timed"], samples["untimed"], strict=True)
-            ]
+            rate_ratios = _ratios(samples, "rate")
+            cpu_ratios = _ratios(samples, "cpu_us")
             key = f"local_{inflight}_100B"
             cases[key] = {
                 "title": f"local send_and_receive, {inflight} in flight, 100B",
